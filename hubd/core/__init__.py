@@ -1,0 +1,1 @@
+"""Who gets what: the hub, per-connection mailboxes and sessions. Imports no web framework."""

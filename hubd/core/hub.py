@@ -1,0 +1,267 @@
+"""The hub: who is connected, what they subscribed to, and fan-out of published events.
+
+Every method is a plain `def` and never blocks: a publish hands the encoded frame to each
+subscriber's bounded mailbox and returns. Sockets are written by each connection's own
+writer task (see `hubd.core.session`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from hubd.core.auth import Principal
+from hubd.core.errors import HubError
+from hubd.core.mailbox import Mailbox, Overflow
+from hubd.protocol.channels import GLOBAL, UnknownChannelError, normalize, parse_event_types
+from hubd.protocol.envelope import Envelope, encode, new_id, utc_timestamp
+from hubd.settings import HubSettings, LimitsSettings
+
+CONFIRMATION_MESSAGE = "WebSocket connection established subscribed to global by default"
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    """One subscriber connection as the hub sees it."""
+
+    client_id: str
+    principal: Principal
+    ip: str
+    subscriptions: list[str]
+    mailbox: Mailbox
+    connected_at: str
+    close_code: int | None = None
+    close_reason: str = ""
+    # Set when the client's own close or disconnect ended the session.
+    peer_closed: bool = False
+    registered: bool = field(default=True)
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Ask the connection to close with `code`; the first request wins.
+
+        Frames already queued are still written before the close frame."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.mailbox.close()
+
+    def reply(self, envelope: Envelope) -> None:
+        """Queue a frame for this client only."""
+        self.mailbox.put(encode(envelope))
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeResult:
+    client_id: str
+    unsubscribed: list[str]
+    ignored: list[str]
+    subscriptions: list[str]
+
+
+class Hub:
+    """Registry of sessions and channel fan-out. One per process."""
+
+    def __init__(self, hub: HubSettings, limits: LimitsSettings) -> None:
+        self.settings = hub
+        self.limits = limits
+        self.channels: frozenset[str] = hub.all_channels
+        self.sessions: dict[str, Session] = {}
+        self._subscribers: dict[str, dict[Session, None]] = {c: {} for c in self.channels}
+        self._by_ip: dict[str, Session] = {}
+        self.draining = False
+        self.published: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()
+        self.dropped = 0
+        self.started_at = trio.current_time()
+        self._empty = trio.Event()
+        self._empty.set()
+
+    # -- connections -------------------------------------------------------------------
+
+    def admit(self, principal: Principal, ip: str, event_types: str | None) -> Session:
+        """Check a new subscriber against every rule and register it.
+
+        Raises `HubError`: 503 draining, 403 no subscriber role, 400 unknown channel,
+        403 channel outside the allow-list, 409 this IP already has a connection,
+        503 at `limits.max_connections`. On success the session is registered and its
+        mailbox already holds the confirmation frame, ahead of any event."""
+        if self.draining:
+            raise HubError(
+                503, "draining", "the server is shutting down; reconnect to another node or retry"
+            )
+        if not principal.can_subscribe:
+            raise HubError(
+                403,
+                "forbidden",
+                f"principal {principal.name!r} lacks the 'subscriber' role needed to subscribe",
+            )
+        try:
+            subscriptions = parse_event_types(event_types, self.channels)
+        except UnknownChannelError as exc:
+            raise HubError(400, "unknown_channel", str(exc)) from None
+        denied = [c for c in subscriptions if not principal.allows(c)]
+        if denied:
+            allowed = ", ".join(sorted(principal.channels or ()))
+            raise HubError(
+                403,
+                "forbidden",
+                f"principal {principal.name!r} may not subscribe to "
+                f"{', '.join(repr(c) for c in denied)}; its channels are: global, {allowed}",
+            )
+        if self.limits.one_connection_per_ip and ip in self._by_ip:
+            raise HubError(
+                409,
+                "ip_in_use",
+                f"client IP {ip} already has an open connection; one connection per IP is "
+                "allowed (close it first)",
+            )
+        if len(self.sessions) >= self.limits.max_connections:
+            raise HubError(
+                503,
+                "at_capacity",
+                f"the server holds its maximum of {self.limits.max_connections} connections; "
+                "retry later",
+            )
+        session = Session(
+            client_id=str(uuid.uuid4()),
+            principal=principal,
+            ip=ip,
+            subscriptions=subscriptions,
+            mailbox=Mailbox(self.settings.queue_size, Overflow(self.settings.slow_consumer)),
+            connected_at=utc_timestamp(),
+        )
+        session.mailbox.put(
+            encode(
+                Envelope(
+                    id=new_id(),
+                    event_type=GLOBAL,
+                    timestamp=session.connected_at,
+                    message=CONFIRMATION_MESSAGE,
+                    body={"client_id": session.client_id, "subscriptions": list(subscriptions)},
+                )
+            )
+        )
+        self.sessions[session.client_id] = session
+        for channel in subscriptions:
+            self._subscribers[channel][session] = None
+        if self.limits.one_connection_per_ip:
+            self._by_ip[ip] = session
+        self._empty = trio.Event() if self._empty.is_set() else self._empty
+        return session
+
+    def unregister(self, session: Session) -> None:
+        """Forget a session and release its IP slot at once. Idempotent."""
+        if not session.registered:
+            return
+        session.registered = False
+        session.mailbox.close()
+        self.dropped += session.mailbox.discard()
+        self.sessions.pop(session.client_id, None)
+        for channel in session.subscriptions:
+            self._subscribers[channel].pop(session, None)
+        if self._by_ip.get(session.ip) is session:
+            del self._by_ip[session.ip]
+        if not self.sessions:
+            self._empty.set()
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask every connection to close (queued frames are flushed first)."""
+        for session in list(self.sessions.values()):
+            session.request_close(code, reason)
+
+    async def wait_empty(self) -> None:
+        """Return once no session is registered."""
+        await self._empty.wait()
+
+    # -- events ------------------------------------------------------------------------
+
+    def subscribers(self, channel: str) -> Iterable[Session]:
+        return self._subscribers[channel].keys()
+
+    def publish(self, channel: str, frame: str, target: Session | None = None) -> int:
+        """Hand one encoded frame to every subscriber of `channel` (or to `target` only).
+
+        Returns how many mailboxes accepted it. Never blocks."""
+        self.published[channel] += 1
+        if target is not None:
+            receivers: Iterable[Session] = (target,)
+        else:
+            receivers = self._subscribers[channel]
+        accepted = 0
+        for session in receivers:
+            mailbox = session.mailbox
+            if mailbox.put(frame):
+                accepted += 1
+            elif mailbox.overflowed and session.close_code is None:
+                self.dropped += 1
+                session.request_close(1013, "slow consumer: queue overflow")
+        self.delivered[channel] += accepted
+        return accepted
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def find(self, client_id: str) -> Session:
+        session = self.sessions.get(client_id)
+        if session is None:
+            raise HubError(
+                404, "unknown_client", f"no connected client has client_id {client_id!r}"
+            )
+        return session
+
+    def unsubscribe(
+        self, principal: Principal, client_id: str, channels: list[str]
+    ) -> UnsubscribeResult:
+        """Remove channels from a client's subscriptions. `global` is never removed.
+
+        Raises `HubError`: 400 unknown channel or only `global` requested, 404 unknown
+        client, 403 the client belongs to another principal (admins may act on anyone)."""
+        try:
+            requested = normalize(channels, self.channels)
+        except UnknownChannelError as exc:
+            raise HubError(400, "unknown_channel", str(exc)) from None
+        if not requested:
+            raise HubError(400, "bad_request", "event_types must list at least one channel")
+        if requested == [GLOBAL]:
+            raise HubError(
+                400,
+                "bad_request",
+                "'global' cannot be unsubscribed; list other channels to remove",
+            )
+        session = self.find(client_id)
+        if session.principal.name != principal.name and not principal.is_admin:
+            raise HubError(
+                403,
+                "forbidden",
+                f"client {client_id!r} belongs to another principal; only its owner or an "
+                "admin may unsubscribe it",
+            )
+        removed: list[str] = []
+        ignored: list[str] = []
+        for channel in requested:
+            if channel == GLOBAL or channel not in session.subscriptions:
+                ignored.append(channel)
+                continue
+            session.subscriptions.remove(channel)
+            self._subscribers[channel].pop(session, None)
+            removed.append(channel)
+        if removed:
+            session.reply(
+                Envelope(
+                    id=new_id(),
+                    event_type=GLOBAL,
+                    timestamp=utc_timestamp(),
+                    message="unsubscribed",
+                    body={"unsubscribed": removed, "subscriptions": list(session.subscriptions)},
+                    client_id=session.client_id,
+                )
+            )
+        return UnsubscribeResult(
+            client_id=client_id,
+            unsubscribed=removed,
+            ignored=ignored,
+            subscriptions=list(session.subscriptions),
+        )

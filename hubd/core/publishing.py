@@ -1,0 +1,176 @@
+"""Publish requests: decode, check every event, then publish all of them or none."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import msgspec
+
+from hubd.core.auth import Principal
+from hubd.core.errors import HubError
+from hubd.core.hub import Hub, Session
+from hubd.protocol.channels import GLOBAL, SERVER_OWNED
+from hubd.protocol.envelope import Envelope, PublishEvent, encode, new_id, utc_timestamp
+
+MAX_BATCH = 1000
+
+_request_decoder = msgspec.json.Decoder(PublishEvent | list[PublishEvent])
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    channel: str
+    event: PublishEvent
+    target: Session | None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    ids: list[str]
+    batch: bool
+
+    def response(self) -> dict[str, object]:
+        """The 202 body: `{"id": ..}` for one event, `{"ids": [..]}` for a batch."""
+        return {"ids": self.ids} if self.batch else {"id": self.ids[0]}
+
+
+def decode_request(payload: bytes) -> tuple[list[PublishEvent], bool]:
+    """Decode a publish body: one event object or an array of them. Raises `HubError(400)`."""
+    if not payload.strip():
+        raise HubError(
+            400, "bad_request", "the request body is empty; send a JSON event object or an array"
+        )
+    try:
+        decoded = _request_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise HubError(400, "invalid_event", _describe(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise HubError(400, "bad_request", f"the request body is not valid JSON ({exc})") from None
+    if isinstance(decoded, list):
+        if not decoded:
+            raise HubError(400, "bad_request", "the event array is empty; send 1 to 1000 events")
+        if len(decoded) > MAX_BATCH:
+            raise HubError(
+                400,
+                "batch_too_large",
+                f"the batch holds {len(decoded)} events; at most {MAX_BATCH} are allowed",
+            )
+        return decoded, True
+    return [decoded], False
+
+
+_KINDS = {
+    "str": "a string",
+    "int": "a number",
+    "float": "a number",
+    "bool": "a boolean",
+    "array": "an array",
+    "object": "an object",
+    "null": "null",
+}
+
+
+def _describe(detail: str) -> str:
+    m = re.match(r"^(?P<what>.*?)(?: - at `(?P<at>[^`]*)`)?$", detail, re.S)
+    what = m["what"] if m else detail
+    at = (m["at"] if m else None) or "$"
+    where = "" if at == "$" else f" (at {at})"
+    if f := re.match(r"^Object missing required field `(\w+)`$", what):
+        return f"event is missing the required field '{f[1]}'{where}"
+    if f := re.match(r"^Object contains unknown field `([^`]+)`$", what):
+        return (
+            f"event has unknown field '{f[1]}'{where}; allowed fields are event_type, "
+            "message, body, client_id"
+        )
+    if what.startswith("Expected `object | array`"):
+        return "the body must be a JSON event object or an array of them"
+    if f := re.match(r"^Expected `([^`]+)`, got `(\w+)`$", what):
+        field = at.rsplit(".", 1)[-1]
+        kind = _KINDS.get(f[1].replace(" | null", ""), f[1])
+        return f"event field '{field}' must be {kind}, got {_KINDS.get(f[2], f[2])}{where}"
+    return f"invalid event: {what}{where}"
+
+
+def _check(
+    hub: Hub, principal: Principal, index: int, event: PublishEvent, batch: bool
+) -> _Checked:
+    where = f"event [{index}]: " if batch else ""
+    channel = event.event_type.strip().lower()
+    if channel not in hub.channels:
+        valid = ", ".join(sorted(hub.channels - SERVER_OWNED))
+        raise HubError(
+            400,
+            "unknown_channel",
+            f"{where}unknown event_type {event.event_type!r}; publishable channels are: {valid}",
+        )
+    if channel in SERVER_OWNED:
+        raise HubError(
+            400,
+            "server_owned_channel",
+            f"{where}channel {channel!r} is written by the server only and cannot be published to",
+        )
+    if not event.message.strip():
+        raise HubError(400, "invalid_event", f"{where}'message' must be a non-empty string")
+    if channel == GLOBAL and not principal.is_admin:
+        raise HubError(
+            403,
+            "forbidden",
+            f"{where}publishing to 'global' needs the admin role; "
+            f"principal {principal.name!r} does not have it",
+        )
+    if not principal.allows(channel):
+        raise HubError(
+            403,
+            "forbidden",
+            f"{where}principal {principal.name!r} may not publish to {channel!r}",
+        )
+    target: Session | None = None
+    if event.client_id is not None:
+        target = hub.sessions.get(event.client_id)
+        if target is None:
+            raise HubError(
+                404,
+                "unknown_client",
+                f"{where}no connected client has client_id {event.client_id!r}",
+            )
+        if channel not in target.subscriptions:
+            raise HubError(
+                409,
+                "not_subscribed",
+                f"{where}client {event.client_id!r} is not subscribed to {channel!r}; "
+                f"its channels are: {', '.join(target.subscriptions)}",
+            )
+    return _Checked(channel, event, target)
+
+
+def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishResult:
+    """Validate a whole publish request, then hand every event to every subscriber.
+
+    All or nothing: if any event is refused, `HubError` is raised and none is published.
+    Returns once each event sits in every current subscriber's mailbox."""
+    if hub.draining:
+        raise HubError(
+            503, "draining", "the server is shutting down and accepts no events; retry elsewhere"
+        )
+    if not principal.can_publish:
+        raise HubError(
+            403,
+            "forbidden",
+            f"principal {principal.name!r} lacks the 'publisher' role needed to publish",
+        )
+    events, batch = decode_request(payload)
+    checked = [_check(hub, principal, i, e, batch) for i, e in enumerate(events)]
+    ids: list[str] = []
+    for item in checked:
+        envelope = Envelope(
+            id=new_id(),
+            event_type=item.channel,
+            timestamp=utc_timestamp(),
+            message=item.event.message,
+            body=item.event.body,
+            client_id=item.event.client_id,
+        )
+        hub.publish(item.channel, encode(envelope), item.target)
+        ids.append(envelope.id)
+    return PublishResult(ids, batch)

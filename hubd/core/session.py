@@ -1,0 +1,185 @@
+"""Serving one subscriber connection: a nursery with a reader and a writer task, inside a
+cancel scope whose deadline is the heartbeat deadline.
+
+- The writer takes frames from the session's mailbox and writes them; it is the only task
+  that sends, so frames never interleave. It ends when the mailbox is closed and drained.
+- The reader handles client frames (ping, client-id, errors) and moves the idle deadline
+  on every frame. It ends when the client closes or sends a frame that is too large.
+- When either ends, the other is cancelled; if the idle deadline passes, both are, and
+  the connection is closed with 4408.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from hubd.core.hub import Hub, Session
+from hubd.core.transport import Transport, TransportClosed
+from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
+from hubd.protocol.envelope import (
+    Envelope,
+    FrameError,
+    decode_client_frame,
+    encode,
+    new_id,
+    utc_timestamp,
+)
+
+log = logging.getLogger("hubd.connections")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_IDLE = 4408
+
+# How many queued frames the writer takes at once; bounds what it holds outside the mailbox.
+WRITE_BATCH = 64
+# How long a close frame may take to go out before the connection is simply dropped.
+CLOSE_GRACE = 2.0
+
+
+async def serve_session(
+    hub: Hub,
+    session: Session,
+    transport: Transport,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one registered session until it ends, then close the transport and unregister.
+
+    The session must come from `hub.admit`; this always unregisters it, however it ends."""
+    settings = hub.settings
+    try:
+        with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_writer, session, transport, nursery.cancel_scope)
+                task_status.started()
+                await _reader(hub, session, transport, idle, settings.idle_timeout)
+                nursery.cancel_scope.cancel()
+        if idle.cancelled_caught:
+            session.request_close(CLOSE_IDLE, "idle timeout")
+        if session.close_code is not None and not session.peer_closed:
+            with trio.move_on_after(CLOSE_GRACE) as scope:
+                scope.shield = True
+                await transport.close(session.close_code, session.close_reason)
+    finally:
+        hub.unregister(session)
+        log.info(
+            "closed client_id=%s ip=%s principal=%s code=%s reason=%r dropped=%d",
+            session.client_id,
+            session.ip,
+            session.principal.name,
+            session.close_code if session.close_code is not None else "-",
+            session.close_reason,
+            session.mailbox.dropped_total,
+        )
+
+
+async def _writer(session: Session, transport: Transport, scope: trio.CancelScope) -> None:
+    mailbox = session.mailbox
+    try:
+        while True:
+            batch = await mailbox.get_batch(WRITE_BATCH)
+            if not batch:
+                break  # closed and drained
+            for frame in batch:
+                await transport.send(frame)
+            if not mailbox and mailbox.dropped_unreported:
+                # The client has caught up: tell it how much it missed.
+                dropped = mailbox.take_unreported_drops()
+                await transport.send(
+                    _encode_notice(session, "events_dropped", {"dropped": dropped})
+                )
+    except TransportClosed:
+        session.peer_closed = True
+    scope.cancel()
+
+
+def _encode_notice(session: Session, message: str, body: object) -> str:
+    return encode(
+        Envelope(
+            id=new_id(),
+            event_type=GLOBAL,
+            timestamp=utc_timestamp(),
+            message=message,
+            body=body,
+            client_id=session.client_id,
+        )
+    )
+
+
+async def _reader(
+    hub: Hub, session: Session, transport: Transport, idle: trio.CancelScope, idle_timeout: float
+) -> None:
+    limit = hub.settings.max_message_bytes
+    while True:
+        frame = await transport.receive()
+        if frame is None:
+            session.peer_closed = True
+            return
+        idle.deadline = trio.current_time() + idle_timeout
+        # len(str) <= its UTF-8 size <= 4 * len(str): encode only when it could matter.
+        size = (
+            len(frame)
+            if isinstance(frame, bytes) or len(frame) * 4 <= limit
+            else len(frame.encode())
+        )
+        if size > limit:
+            session.request_close(CLOSE_TOO_BIG, f"message too big: {size} bytes, limit {limit}")
+            return
+        handle_frame(session, frame)
+
+
+def handle_frame(session: Session, frame: str | bytes) -> None:
+    """Answer one client frame by queueing the reply in the session's mailbox."""
+    ref_id: str | None = None
+    try:
+        if isinstance(frame, bytes):
+            raise FrameError("binary frames are not accepted; send JSON text frames")
+        msg = decode_client_frame(frame)
+        ref_id = msg.id
+        kind = (msg.event_type, msg.message)
+        if kind == (HEALTH, "ping"):
+            if HEALTH not in session.subscriptions:
+                raise FrameError(
+                    "ping needs the health channel: connect with event_types=health "
+                    "(the ping still counted as a heartbeat)"
+                )
+            session.reply(_reply(session, HEALTH, "pong", ref_id, None))
+        elif kind == (SYSTEM, "client-id"):
+            if SYSTEM not in session.subscriptions:
+                raise FrameError(
+                    "client-id needs the system channel: connect with event_types=system"
+                )
+            session.reply(
+                _reply(session, SYSTEM, "client-id", ref_id, {"client-id": session.client_id})
+            )
+        elif msg.event_type == HEALTH:
+            raise FrameError(f"unknown health message {msg.message!r}; accepted is 'ping'")
+        elif msg.event_type == SYSTEM:
+            raise FrameError(f"unknown system message {msg.message!r}; accepted is 'client-id'")
+        else:
+            raise FrameError(
+                f"unknown event_type {msg.event_type!r}; clients may send "
+                "{'event_type': 'health', 'message': 'ping'} or "
+                "{'event_type': 'system', 'message': 'client-id'}"
+            )
+    except FrameError as exc:
+        session.reply(_reply(session, GLOBAL, "error", ref_id, {"error": str(exc)}))
+
+
+def _reply(
+    session: Session, channel: str, message: str, ref_id: str | None, body: object
+) -> Envelope:
+    return Envelope(
+        id=new_id(),
+        ref_id=ref_id if ref_id is not None else new_id(),
+        event_type=channel,
+        timestamp=utc_timestamp(),
+        message=message,
+        body=body,
+        client_id=session.client_id,
+    )

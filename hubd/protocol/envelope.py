@@ -1,0 +1,102 @@
+"""Server → client envelopes and client → server frames.
+
+Every server frame is one JSON text frame holding one `Envelope`. Field order is the
+wire order; `None` fields are omitted, so `ref_id` appears only on replies, `body`
+only when it is not null and `client_id` only on frames targeted at one client.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+
+class Envelope(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One event as subscribers see it. Declaration order is wire order."""
+
+    id: str
+    ref_id: str | None = None
+    event_type: str
+    timestamp: str
+    message: str
+    body: Any = None
+    client_id: str | None = None
+
+
+class ClientFrame(msgspec.Struct):
+    """What a subscriber may send: `{"event_type": .., "message": .., "id": ..}`.
+
+    Unknown extra keys are tolerated so that clients can add their own metadata.
+    """
+
+    event_type: str
+    message: str
+    id: str | None = None
+
+
+class PublishEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """One event in a publish request body."""
+
+    event_type: str
+    message: str
+    body: Any = None
+    client_id: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_frame_decoder = msgspec.json.Decoder(ClientFrame)
+
+
+def encode(envelope: Envelope) -> str:
+    """Encode an envelope to the text of one WebSocket frame."""
+    return _encoder.encode(envelope).decode()
+
+
+def decode_envelope(data: str | bytes) -> Envelope:
+    """Decode a server frame (used by clients and tests)."""
+    return msgspec.json.decode(data, type=Envelope)
+
+
+class FrameError(ValueError):
+    """A client frame that the server cannot act on; the text says what is accepted."""
+
+
+def decode_client_frame(data: str | bytes) -> ClientFrame:
+    """Decode one client frame or raise `FrameError` naming what was wrong."""
+    try:
+        return _frame_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            raise FrameError(_describe_frame_problem(str(exc))) from None
+        raise FrameError(
+            "frame is not valid JSON; send a JSON object such as "
+            '{"event_type": "health", "message": "ping", "id": "1"}'
+        ) from None
+
+
+def _describe_frame_problem(detail: str) -> str:
+    if detail.startswith("Expected `object`"):
+        return (
+            "frame must be a JSON object with string fields 'event_type' and 'message' "
+            "(and optionally 'id')"
+        )
+    if "missing required field" in detail:
+        field = detail.split("`")[1]
+        return f"frame is missing the '{field}' field; every frame needs 'event_type' and 'message'"
+    if "` - at `$." in detail:
+        field = detail.rsplit("$.", 1)[1].rstrip("`")
+        return f"frame field '{field}' must be a string"
+    return f"frame is not acceptable ({detail})"
+
+
+def new_id() -> str:
+    """A fresh event id: 64 lowercase hex characters (256 random bits)."""
+    return os.urandom(32).hex()
+
+
+def utc_timestamp() -> str:
+    """Now as RFC 3339 UTC with microseconds and a `Z` suffix."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,1 @@
+"""The thin adapter between HTTP/WebSocket and the core."""

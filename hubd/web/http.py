@@ -1,0 +1,151 @@
+"""The HTTP routes (publish, unsubscribe) as a Quart-Trio app. Thin: parse, call the core,
+render JSON."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from hubd.core.errors import HubError
+from hubd.core.publishing import publish_request
+from hubd.web.context import WebContext
+from hubd.web.errors import error_body, json_bytes
+
+log = logging.getLogger("hubd.http")
+
+PREFIXES = ("/v1", "/api/v1")
+
+
+class UnsubscribeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    client_id: str
+    event_types: list[str]
+
+
+_unsubscribe_decoder = msgspec.json.Decoder(UnsubscribeRequest)
+
+
+def _json(status: int, value: object) -> Response:
+    return Response(json_bytes(value), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(error_body(code, message), status=status, content_type="application/json")
+
+
+def _headers() -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+async def _body(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise HubError(
+            413,
+            "payload_too_large",
+            f"the request body is {length} bytes; the limit is {limit} bytes "
+            "(hub.max_publish_bytes)",
+        )
+    request.body_timeout = 30
+    data = await request.get_data(cache=False, as_text=False)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def create_http_app(ctx: WebContext) -> QuartTrio:
+    """Build the Quart-Trio app serving the HTTP endpoints under /v1 and /api/v1."""
+    app = QuartTrio("hubd")
+    app.config["MAX_CONTENT_LENGTH"] = ctx.settings.hub.max_publish_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+
+    async def publish() -> Response:
+        principal = ctx.authenticate(_headers(), request.args.get("access_token"))
+        payload = await _body(ctx.settings.hub.max_publish_bytes)
+        result = publish_request(ctx.hub, principal, payload)
+        return _json(202, result.response())
+
+    async def unsubscribe() -> Response:
+        principal = ctx.authenticate(_headers(), request.args.get("access_token"))
+        payload = await _body(ctx.settings.hub.max_publish_bytes)
+        try:
+            body = _unsubscribe_decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise HubError(
+                400,
+                "bad_request",
+                "the body must be a JSON object "
+                '{"client_id": "<id>", "event_types": ["<channel>", ...]} '
+                f"({exc})",
+            ) from None
+        result = ctx.hub.unsubscribe(principal, body.client_id, body.event_types)
+        log.info(
+            "unsubscribed client_id=%s by=%s channels=%s",
+            result.client_id,
+            principal.name,
+            ",".join(result.unsubscribed),
+        )
+        return _json(
+            200,
+            {
+                "client_id": result.client_id,
+                "unsubscribed": result.unsubscribed,
+                "ignored": result.ignored,
+                "subscriptions": result.subscriptions,
+            },
+        )
+
+    async def subscribe_over_http() -> Response:
+        return _error(
+            426,
+            "upgrade_required",
+            "this endpoint speaks WebSocket: connect with a WebSocket client "
+            "(ws://host/v1/ws/subscribe?event_types=...)",
+        )
+
+    for prefix in PREFIXES:
+        tag = prefix.strip("/").replace("/", "_")
+        app.add_url_rule(f"{prefix}/events", f"publish_{tag}", publish, methods=["POST"])
+        app.add_url_rule(
+            f"{prefix}/ws/unsubscribe", f"unsubscribe_{tag}", unsubscribe, methods=["POST"]
+        )
+        app.add_url_rule(
+            f"{prefix}/ws/subscribe", f"subscribe_{tag}", subscribe_over_http, methods=["GET"]
+        )
+
+    @app.errorhandler(HubError)
+    async def on_hub_error(exc: HubError) -> Response:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            return _error(
+                413,
+                "payload_too_large",
+                f"the request body exceeds the limit of {ctx.settings.hub.max_publish_bytes} "
+                "bytes (hub.max_publish_bytes)",
+            )
+        if status == 404:
+            return _error(
+                404, "not_found", f"no endpoint at {request.path!r}; see docs/protocol.md"
+            )
+        if status == 405:
+            valid = getattr(exc, "valid_methods", None) or []
+            allowed = ", ".join(sorted(m for m in valid if m != "OPTIONS"))
+            return _error(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.path!r}; use {allowed}",
+            )
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return _error(status, name, exc.description or name)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the server failed to handle this request")
+
+    return app

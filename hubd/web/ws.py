@@ -1,0 +1,128 @@
+"""The subscribe endpoint as a lean ASGI WebSocket handler.
+
+It is served below the Quart-Trio app rather than through it: every rejection must be a
+plain HTTP response with a JSON body before the upgrade (the ASGI
+`websocket.http.response` extension), and the per-frame send path must stay short because
+it runs once per delivery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+
+from hubd.core.clientip import resolve_client_ip
+from hubd.core.errors import HubError
+from hubd.core.session import serve_session
+from hubd.core.transport import TransportClosed
+from hubd.web.context import WebContext
+from hubd.web.errors import JSON_HEADERS, error_body
+
+log = logging.getLogger("hubd.connections")
+
+SUBSCRIBE_PATHS = frozenset({"/v1/ws/subscribe", "/api/v1/ws/subscribe"})
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+class AsgiTransport:
+    """`Transport` over an ASGI WebSocket connection."""
+
+    __slots__ = ("_closed", "_receive", "_send")
+
+    def __init__(self, receive: Any, send: Any) -> None:
+        self._receive = receive
+        self._send = send
+        self._closed = False
+
+    async def send(self, text: str) -> None:
+        if self._closed:
+            raise TransportClosed("closed")
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._closed = True
+            raise TransportClosed(str(exc)) from None
+
+    async def receive(self) -> str | bytes | None:
+        message = await self._receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            text = message.get("text")
+            return text if text is not None else bytes(message.get("bytes") or b"")
+        self._closed = True
+        return None  # websocket.disconnect
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+async def reject(send: Any, status: int, code: str, message: str) -> None:
+    body = error_body(code, message)
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: Any) -> None:
+    """Serve one WebSocket request from handshake to close."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if scope["path"] not in SUBSCRIBE_PATHS:
+        await reject(
+            send,
+            404,
+            "not_found",
+            f"no WebSocket endpoint at {scope['path']!r}; subscribe at /v1/ws/subscribe",
+        )
+        return
+    headers = _headers(scope)
+    query = _query(scope)
+    client = scope.get("client")
+    peer = client[0] if client else None
+    ip = resolve_client_ip(
+        peer, headers.get("x-forwarded-for"), headers.get("x-real-ip"), ctx.trusted_proxies
+    )
+    try:
+        principal = ctx.authenticate(headers, query.get("access_token"))
+        session = ctx.hub.admit(principal, ip, query.get("event_types"))
+    except HubError as exc:
+        log.info("rejected ip=%s status=%d error=%s", ip, exc.status, exc.code)
+        await reject(send, exc.status, exc.code, exc.message)
+        return
+    try:
+        log.info(
+            "connected client_id=%s ip=%s principal=%s channels=%s",
+            session.client_id,
+            ip,
+            principal.name,
+            ",".join(session.subscriptions),
+        )
+        await send({"type": "websocket.accept"})
+        await serve_session(ctx.hub, session, AsgiTransport(receive, send))
+    finally:
+        ctx.hub.unregister(session)
