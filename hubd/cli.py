@@ -61,9 +61,9 @@ def _serve(path: str) -> int:
         return 2
     setup_logging(settings.log.level)
     try:
-        trio.run(service.run, settings, path)
-    except OSError as exc:
-        # Typically the listen address is taken or not ours to bind.
-        print(f"hubd: cannot serve: {exc}", file=sys.stderr)
+        sockets = service.open_listeners(settings)
+    except service.ListenError as exc:
+        print(f"hubd: {exc}", file=sys.stderr)
         return 1
+    trio.run(service.run, settings, path, sockets)
     return 0

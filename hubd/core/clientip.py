@@ -37,7 +37,8 @@ def resolve_client_ip(
     """Return the client IP a connection counts as.
 
     It is the socket peer, unless the peer is a trusted proxy: then the right-most
-    `X-Forwarded-For` address that is not itself a trusted proxy, or else `X-Real-IP`.
+    `X-Forwarded-For` address that is not itself a trusted proxy, or else `X-Real-IP`,
+    or else the peer itself.
     Headers from untrusted peers are ignored, so they cannot be used to dodge the limit.
     """
     peer_addr = _parse(peer) if peer else None
@@ -50,8 +51,6 @@ def resolve_client_ip(
         for addr in reversed(hops):
             if not _trusted(addr, trusted):
                 return str(addr)
-        if hops:  # every hop is a trusted proxy: the left-most is the origin
-            return str(hops[0])
     if real_ip:
         real = _parse(real_ip)
         if real is not None:

@@ -75,7 +75,8 @@ class Hub:
         self.draining = False
         self.published: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
-        self.dropped = 0
+        # Drops of sessions that have ended; live sessions hold their own counts.
+        self._dropped_ended = 0
         self.started_at = trio.current_time()
         self._empty = trio.Event()
         self._empty.set()
@@ -159,7 +160,8 @@ class Hub:
             return
         session.registered = False
         session.mailbox.close()
-        self.dropped += session.mailbox.discard()
+        session.mailbox.discard()
+        self._dropped_ended += session.mailbox.dropped_total
         self.sessions.pop(session.client_id, None)
         for channel in session.subscriptions:
             self._subscribers[channel].pop(session, None)
@@ -167,6 +169,11 @@ class Hub:
             del self._by_ip[session.ip]
         if not self.sessions:
             self._empty.set()
+
+    @property
+    def dropped(self) -> int:
+        """Frames accepted for a subscriber but never written to it, since start."""
+        return self._dropped_ended + sum(s.mailbox.dropped_total for s in self.sessions.values())
 
     def close_all(self, code: int, reason: str) -> None:
         """Ask every connection to close (queued frames are flushed first)."""
@@ -197,7 +204,6 @@ class Hub:
             if mailbox.put(frame):
                 accepted += 1
             elif mailbox.overflowed and session.close_code is None:
-                self.dropped += 1
                 session.request_close(1013, "slow consumer: queue overflow")
         self.delivered[channel] += accepted
         return accepted

@@ -67,8 +67,10 @@ class Mailbox:
         """Queue a frame without blocking.
 
         Returns True when the frame was queued, False when it was not (the mailbox is
-        closed, or this put overflowed a `disconnect` mailbox and closed it)."""
+        closed, or this put overflowed a `disconnect` mailbox and closed it). Every frame
+        not queued, or discarded later, counts in `dropped_total`."""
         if self.closed:
+            self.dropped_total += 1
             return False
         items = self._items
         if len(items) >= self.capacity:

@@ -3,10 +3,12 @@ cancel scope whose deadline is the heartbeat deadline.
 
 - The writer takes frames from the session's mailbox and writes them; it is the only task
   that sends, so frames never interleave. It ends when the mailbox is closed and drained.
-- The reader handles client frames (ping, client-id, errors) and moves the idle deadline
-  on every frame. It ends when the client closes or sends a frame that is too large.
-- When either ends, the other is cancelled; if the idle deadline passes, both are, and
-  the connection is closed with 4408.
+- The reader handles client frames (ping, client-id, errors) inside a cancel scope whose
+  deadline is the heartbeat deadline, moved on every frame. It ends when the client
+  closes, sends a frame that is too large (1009) or the deadline passes (4408).
+- A close requested by anyone (reader, hub, shutdown) closes the mailbox: the writer
+  flushes what is queued, then ends the nursery, and the close frame goes out last.
+  When the peer is gone, both tasks are cancelled at once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from hubd.protocol.envelope import (
 
 log = logging.getLogger("hubd.connections")
 
-CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -53,14 +54,17 @@ async def serve_session(
     The session must come from `hub.admit`; this always unregisters it, however it ends."""
     settings = hub.settings
     try:
-        with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_writer, session, transport, nursery.cancel_scope)
-                task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_writer, session, transport, nursery.cancel_scope)
+            task_status.started()
+            with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
                 await _reader(hub, session, transport, idle, settings.idle_timeout)
+            if idle.cancelled_caught:
+                session.request_close(CLOSE_IDLE, "idle timeout")
+            if session.peer_closed:
                 nursery.cancel_scope.cancel()
-        if idle.cancelled_caught:
-            session.request_close(CLOSE_IDLE, "idle timeout")
+            # Otherwise a close was requested: the writer flushes what is already queued,
+            # then ends the nursery, so nothing accepted for this client is dropped.
         if session.close_code is not None and not session.peer_closed:
             with trio.move_on_after(CLOSE_GRACE) as scope:
                 scope.shield = True
