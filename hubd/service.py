@@ -17,8 +17,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from hubd import __version__
 from hubd.core.auth import Authenticator
-from hubd.core.hub import Hub
-from hubd.core.session import CLOSE_GOING_AWAY
+from hubd.core.hub import CLOSE_GOING_AWAY, Hub
 from hubd.settings import Settings, parse_listen
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext

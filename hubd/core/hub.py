@@ -21,6 +21,13 @@ from hubd.protocol.channels import GLOBAL, UnknownChannelError, normalize, parse
 from hubd.protocol.envelope import Envelope, encode, new_id, utc_timestamp
 from hubd.settings import HubSettings, LimitsSettings
 
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_IDLE = 4408
+# How long a closing connection may spend flushing its queue, and then its close frame.
+CLOSE_GRACE = 2.0
+
 CONFIRMATION_MESSAGE = "WebSocket connection established subscribed to global by default"
 
 
@@ -39,19 +46,34 @@ class Session:
     # Set when the client's own close or disconnect ended the session.
     peer_closed: bool = False
     registered: bool = field(default=True)
+    # The connection's task scope, once it is being served: a close request gives it
+    # CLOSE_GRACE seconds to flush, so a peer that stopped reading cannot hold it open.
+    scope: trio.CancelScope | None = None
 
     def request_close(self, code: int, reason: str) -> None:
         """Ask the connection to close with `code`; the first request wins.
 
-        Frames already queued are still written before the close frame."""
+        Frames already queued are still written before the close frame, for at most
+        `CLOSE_GRACE` seconds."""
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
         self.mailbox.close()
+        if self.scope is not None:
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE)
+
+    def deliver(self, frame: str) -> bool:
+        """Queue a frame for this client. Returns False when it was not queued; when that
+        overflowed a `disconnect` queue, the connection is asked to close with 1013."""
+        if self.mailbox.put(frame):
+            return True
+        if self.mailbox.overflowed and self.close_code is None:
+            self.request_close(CLOSE_TRY_AGAIN_LATER, "slow consumer: queue overflow")
+        return False
 
     def reply(self, envelope: Envelope) -> None:
-        """Queue a frame for this client only."""
-        self.mailbox.put(encode(envelope))
+        """Queue a frame for this client only (subject to the same overflow policy)."""
+        self.deliver(encode(envelope))
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,11 +222,8 @@ class Hub:
             receivers = self._subscribers[channel]
         accepted = 0
         for session in receivers:
-            mailbox = session.mailbox
-            if mailbox.put(frame):
+            if session.deliver(frame):
                 accepted += 1
-            elif mailbox.overflowed and session.close_code is None:
-                session.request_close(1013, "slow consumer: queue overflow")
         self.delivered[channel] += accepted
         return accepted
 

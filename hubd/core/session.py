@@ -17,7 +17,7 @@ import logging
 
 import trio
 
-from hubd.core.hub import Hub, Session
+from hubd.core.hub import CLOSE_GRACE, CLOSE_IDLE, CLOSE_TOO_BIG, Hub, Session
 from hubd.core.transport import Transport, TransportClosed
 from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
 from hubd.protocol.envelope import (
@@ -31,15 +31,8 @@ from hubd.protocol.envelope import (
 
 log = logging.getLogger("hubd.connections")
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_IDLE = 4408
-
 # How many queued frames the writer takes at once; bounds what it holds outside the mailbox.
 WRITE_BATCH = 64
-# How long a close frame may take to go out before the connection is simply dropped.
-CLOSE_GRACE = 2.0
 
 
 async def serve_session(
@@ -55,6 +48,9 @@ async def serve_session(
     settings = hub.settings
     try:
         async with trio.open_nursery() as nursery:
+            session.scope = nursery.cancel_scope
+            if session.close_code is not None:  # asked to close before it was served
+                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE
             nursery.start_soon(_writer, session, transport, nursery.cancel_scope)
             task_status.started()
             with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
