@@ -33,7 +33,12 @@ def _json(status: int, value: object) -> Response:
 
 
 def _error(status: int, code: str, message: str) -> Response:
-    return Response(error_body(code, message), status=status, content_type="application/json")
+    response = Response(error_body(code, message), status=status, content_type="application/json")
+    if status == 413:
+        # The oversized body is left unread, so this connection cannot carry another
+        # request: say so, instead of letting a keep-alive client reuse it and fail.
+        response.headers["Connection"] = "close"
+    return response
 
 
 def _headers() -> dict[str, str]:

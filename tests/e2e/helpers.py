@@ -1,0 +1,556 @@
+"""Shared machinery for the end-to-end tests.
+
+- `render_config` / `config_for`: TOML configs for a real `hubd serve`.
+- `HubdProcess` (trio, one per test) and `SessionHubd` (a plain `subprocess.Popen`
+  shared by a whole session): a running daemon, its port and its stderr lines.
+- `ws_connect` / `subscribe`: WebSocket clients on real sockets, each bound to its own
+  127.x.y.z source address (the server allows one connection per client IP).
+- Assertions on the wire format (`assert_json_error`, `HEX64`, `TIMESTAMP`, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, ConnectionRejected
+
+HOST = "127.0.0.1"
+HUBD = str(Path(sys.executable).with_name("hubd"))
+# Generous bounds for things that take milliseconds; only hit when something is broken.
+WAIT = 10.0
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+# "ready listening on http://127.0.0.1:41234 http://[::1]:41235"
+BIND = re.compile(r"https?://(?:\[([0-9A-Fa-f:.]+)\]|([^\s:/\[\]]+)):(\d+)")
+READY = re.compile(r"ready listening on (.*)")
+
+# Source addresses for clients. 127.77.0.0/16 is a trusted proxy range on the shared server,
+# so ordinary clients never come from it.
+TRUSTED_PROXY_NET = "127.77.0.0/16"
+_client_numbers = itertools.count(1)
+_proxy_numbers = itertools.count(1)
+
+
+def client_ip() -> str:
+    """A loopback source address no other test in this session uses."""
+    n = next(_client_numbers)
+    return f"127.10.{n // 250}.{n % 250 + 1}"
+
+
+def proxy_ip() -> str:
+    """A fresh source address inside the shared server's trusted proxy range."""
+    n = next(_proxy_numbers)
+    return f"127.77.{n // 250}.{n % 250 + 1}"
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+TOKENS: list[dict[str, Any]] = [
+    {"name": "sub", "token": "sub-token", "roles": ["subscriber"]},
+    {"name": "sub2", "token": "sub2-token", "roles": ["subscriber"]},
+    {
+        "name": "sub-pdfm",
+        "token": "sub-pdfm-token",
+        "roles": ["subscriber"],
+        "channels": ["pdfm", "health"],
+    },
+    {"name": "pub-tok", "token": "pub-tok-token", "roles": ["publisher"]},
+    {"name": "admin", "token": "admin-token", "roles": ["admin"]},
+    {
+        "name": "hashed",
+        # sha256("hashed-token"): the secret itself is not in the file.
+        "token_sha256": "550643f45e135491c47bea94823b37278d5dd91375b285d44001d005d1603a33",
+        "roles": ["subscriber"],
+    },
+]
+API_KEYS: list[dict[str, Any]] = [
+    {"name": "pub", "key": "pub-key", "roles": ["publisher"]},
+    {"name": "pub-pdfm", "key": "pub-pdfm-key", "roles": ["publisher"], "channels": ["pdfm"]},
+    {"name": "sub-key", "key": "sub-key-secret", "roles": ["subscriber"]},
+    {"name": "pubsub", "key": "pubsub-key", "roles": ["publisher", "subscriber"]},
+]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+SUB = bearer("sub-token")
+SUB2 = bearer("sub2-token")
+SUB_PDFM = bearer("sub-pdfm-token")
+PUB_TOKEN = bearer("pub-tok-token")
+ADMIN = bearer("admin-token")
+PUB = {"X-Api-Key": "pub-key"}
+PUB_PDFM = {"X-Api-Key": "pub-pdfm-key"}
+SUB_KEY = {"X-Api-Key": "sub-key-secret"}
+PUBSUB = {"X-Api-Key": "pubsub-key"}
+
+
+# -- configuration -------------------------------------------------------------------------
+
+BASE_CONFIG: dict[str, dict[str, Any]] = {
+    "server": {"listen": [f"{HOST}:0"], "shutdown_timeout": 5.0},
+    "hub": {},
+    "limits": {},
+    "log": {"level": "info"},
+}
+
+
+def config_for(**sections: Mapping[str, Any]) -> dict[str, Any]:
+    """The base config with `sections` merged in key by key, plus every test credential."""
+    config = copy.deepcopy(BASE_CONFIG)
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    config["auth"] = {"tokens": TOKENS, "api_keys": API_KEYS}
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def render_config(config: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    for section, table in config.items():
+        if section == "auth":
+            for kind, entries in table.items():
+                for entry in entries:
+                    lines.append(f"[[auth.{kind}]]")
+                    lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+                    lines.append("")
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ready_binds(line: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of hubd's ready line, or [] for any other line."""
+    m = READY.search(line)
+    if not m:
+        return []
+    return [(v6 or v4, int(port)) for v6, v4, port in BIND.findall(m.group(1))]
+
+
+# -- a daemon per test (trio) --------------------------------------------------------------
+
+
+class HubdProcess:
+    """A `hubd serve` subprocess owned by one test; stderr is collected line by line."""
+
+    def __init__(self, process: trio.Process, config_path: Path) -> None:
+        self.process = process
+        self.config_path = config_path
+        self.lines: list[str] = []
+        self.eof = False
+        self.port = 0
+        self.binds: list[tuple[str, int]] = []
+        self.terminated = False
+        self._changed = trio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, config_path: Path) -> HubdProcess:
+        process = await trio.lowlevel.open_process(
+            [HUBD, "serve", "--config", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        server = cls(process, config_path)
+        nursery.start_soon(server._pump)
+        try:
+            match = await server.wait_for_line(READY, within=START_TIMEOUT)
+        except BaseException:
+            await server.aclose()
+            raise
+        server.binds = _ready_binds(match.string)
+        assert server.binds, match.string
+        server.port = server.binds[0][1]
+        return server
+
+    async def _pump(self) -> None:
+        assert self.process.stderr is not None
+        pending = b""
+        try:
+            async for chunk in self.process.stderr:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                self.lines += [line.decode(errors="replace") for line in complete]
+                self._notify()
+        except trio.ClosedResourceError:
+            pass  # closed by aclose() after the process was reaped
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
+        self.eof = True
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_for_line(self, pattern: re.Pattern[str], within: float = WAIT) -> re.Match[str]:
+        """Wait until a stderr line matches `pattern` (an observable, never a sleep)."""
+        seen = 0
+        with trio.fail_after(within):
+            while True:
+                for line in self.lines[seen:]:
+                    if m := pattern.search(line):
+                        return m
+                seen = len(self.lines)
+                if self.eof:
+                    raise AssertionError(
+                        f"hubd ended its stderr without a line matching {pattern.pattern!r}:\n"
+                        f"{self.output}"
+                    )
+                await self._changed.wait()
+
+    async def wait_eof(self, within: float = WAIT) -> None:
+        """Wait until the process has closed its stderr (it has logged everything)."""
+        with trio.fail_after(within):
+            while not self.eof:
+                await self._changed.wait()
+
+    def terminate(self) -> None:
+        self.terminated = True
+        self.process.send_signal(signal.SIGTERM)
+
+    async def wait_exit(self, within: float) -> int | None:
+        """The exit code, or None (and the process killed) if it does not exit in time."""
+        with trio.move_on_after(within):
+            return await self.process.wait()
+        self.process.kill()
+        await self.process.wait()
+        return None
+
+    async def aclose(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL) and reap it, even inside a cancelled scope."""
+        with trio.CancelScope(shield=True):
+            if self.process.returncode is None and not self.terminated:
+                self.terminate()
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await self.process.wait()
+            if self.process.returncode is None:
+                self.process.kill()
+                await self.process.wait()
+            if self.process.stderr is not None:
+                await self.process.stderr.aclose()
+
+
+# -- a daemon per session (plain subprocess) -----------------------------------------------
+
+
+class SessionHubd:
+    """A `hubd serve` subprocess shared by many tests (they use distinct client IPs)."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.lines: list[str] = []
+        self.port = 0
+        self._ready = threading.Event()
+        self.process = subprocess.Popen(
+            [HUBD, "serve", "--config", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT) or not self.port:
+            self.close()
+            raise RuntimeError(f"hubd did not become ready:\n{self.output}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def _pump(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if not self.port and (binds := _ready_binds(line)):
+                self.port = binds[0][1]
+                self._ready.set()
+        self._ready.set()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._thread.join(STOP_TIMEOUT)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+# -- WebSocket clients ---------------------------------------------------------------------
+
+
+def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one meaningful exception out of a nursery's group (trio wraps everything)."""
+    inner = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)] or list(
+        group.exceptions
+    )
+    if len(inner) == 1:
+        only = inner[0]
+        return _unwrap_group(only) if isinstance(only, BaseExceptionGroup) else only
+    return group
+
+
+def authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def raw_connect(
+    port: int, src_ip: str | None = None, *, host: str = HOST, rcvbuf: int | None = None
+) -> trio.SocketStream:
+    """A TCP connection to the server from `src_ip` (a fresh address by default)."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+        await sock.bind((src_ip or client_ip(), 0))
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+@asynccontextmanager
+async def ws_connect(
+    port: int,
+    src_ip: str,
+    resource: str = "/v1/ws/subscribe",
+    headers: Mapping[str, str] | None = None,
+    *,
+    host: str = HOST,
+    rcvbuf: int | None = None,
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """Open a real WebSocket to the server from `src_ip`.
+
+    A handshake the server refuses raises `ConnectionRejected` (status, headers, body).
+    `rcvbuf` shrinks the socket's receive buffer so that a client which stops reading
+    pushes back on the server quickly."""
+    stream = await raw_connect(port, src_ip, host=host, rcvbuf=rcvbuf)
+    extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(WAIT):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, authority(host, port), resource, extra_headers=extra
+                )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(WAIT):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _unwrap_group(group) from None
+    finally:
+        await stream.aclose()
+
+
+def subscribe_path(
+    channels: str | Sequence[str] | None = None,
+    *,
+    prefix: str = "/v1",
+    access_token: str | None = None,
+) -> str:
+    query: dict[str, str] = {}
+    if channels is not None:
+        query["event_types"] = channels if isinstance(channels, str) else ",".join(channels)
+    if access_token is not None:
+        query["access_token"] = access_token
+    path = f"{prefix}/ws/subscribe"
+    return f"{path}?{urlencode(query)}" if query else path
+
+
+class Subscriber:
+    """A connected subscriber whose confirmation frame has been read."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, ip: str) -> None:
+        self.ws = ws
+        self.ip = ip
+        self.confirmation: dict[str, Any] = {}
+
+    @property
+    def client_id(self) -> str:
+        return str(self.confirmation["body"]["client_id"])
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return list(self.confirmation["body"]["subscriptions"])
+
+    async def recv(self, within: float = WAIT) -> dict[str, Any]:
+        with trio.fail_after(within):
+            text = await self.ws.get_message()
+        assert isinstance(text, str), f"expected a text frame, got {text!r}"
+        event = json.loads(text)
+        assert isinstance(event, dict), text
+        return event
+
+    async def send(self, frame: Any) -> None:
+        await self.ws.send_message(frame if isinstance(frame, str | bytes) else json.dumps(frame))
+
+    async def request(self, frame: Any) -> dict[str, Any]:
+        """Send one client frame and return the next server frame."""
+        await self.send(frame)
+        return await self.recv()
+
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], bool], within: float = WAIT
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Read frames until one matches; return it and every frame read before it."""
+        before: list[dict[str, Any]] = []
+        with trio.fail_after(within):
+            while True:
+                event = await self.recv(within)
+                if predicate(event):
+                    return event, before
+                before.append(event)
+
+    async def closed(self, within: float = WAIT) -> trio_websocket.CloseReason:
+        """Read (and discard) frames until the server closes; return its close reason."""
+        with trio.fail_after(within):
+            while True:
+                try:
+                    await self.ws.get_message()
+                except ConnectionClosed as exc:
+                    assert exc.reason is not None
+                    return exc.reason
+
+
+@asynccontextmanager
+async def subscribe(
+    port: int,
+    channels: str | Sequence[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    ip: str | None = None,
+    prefix: str = "/v1",
+    access_token: str | None = None,
+    host: str = HOST,
+    rcvbuf: int | None = None,
+) -> AsyncIterator[Subscriber]:
+    """Connect (as `sub` unless told otherwise) and read the confirmation frame."""
+    src = ip or client_ip()
+    if headers is None and access_token is None:
+        headers = SUB
+    path = subscribe_path(channels, prefix=prefix, access_token=access_token)
+    async with ws_connect(port, src, path, headers, host=host, rcvbuf=rcvbuf) as ws:
+        sub = Subscriber(ws, src)
+        sub.confirmation = await sub.recv()
+        assert sub.confirmation["message"] == CONFIRMATION_MESSAGE, sub.confirmation
+        yield sub
+
+
+CONFIRMATION_MESSAGE = "WebSocket connection established subscribed to global by default"
+
+
+async def rejected(
+    port: int,
+    channels: str | Sequence[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    ip: str | None = None,
+    resource: str | None = None,
+    access_token: str | None = None,
+    host: str = HOST,
+) -> ConnectionRejected:
+    """Attempt a subscription that the server must refuse before the upgrade."""
+    path = resource or subscribe_path(channels, access_token=access_token)
+    with pytest.raises(ConnectionRejected) as info:
+        async with ws_connect(port, ip or client_ip(), path, headers, host=host):
+            pass
+    return info.value
+
+
+def rejection_error(exc: ConnectionRejected, status: int) -> dict[str, str]:
+    """Check a refused handshake: the status and a JSON `{"error", "message"}` body."""
+    assert exc.status_code == status, (exc.status_code, exc.body)
+    headers = {k.decode().lower(): v.decode() for k, v in exc.headers}
+    assert headers.get("content-type", "").startswith("application/json"), headers
+    assert exc.body is not None
+    return _error_object(json.loads(exc.body))
+
+
+def _error_object(body: Any) -> dict[str, str]:
+    assert isinstance(body, dict), body
+    assert list(body) == ["error", "message"], body
+    assert isinstance(body["error"], str) and body["error"], body
+    assert isinstance(body["message"], str) and body["message"], body
+    return body
+
+
+def assert_json_error(response: httpx.Response, status: int) -> dict[str, str]:
+    """Every HTTP error is JSON: `{"error": "<code>", "message": "<sentence>"}`."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    return _error_object(response.json())
+
+
+def assert_uuid4(value: Any) -> None:
+    assert isinstance(value, str)
+    parsed = uuid.UUID(value)
+    assert parsed.version == 4 and str(parsed) == value, value
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def http_client(url: str, src_ip: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.AsyncHTTPTransport(local_address=src_ip or client_ip())
+    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=WAIT) as client:
+        yield client
+
+
+def event(channel: str = "pdfm", message: str = "VM_STATE_CHANGED", **extra: Any) -> dict[str, Any]:
+    return {"event_type": channel, "message": message, **extra}
