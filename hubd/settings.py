@@ -76,6 +76,8 @@ class HubSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     slow_consumer: Literal["drop_oldest", "disconnect"] = "drop_oldest"
     max_message_bytes: PositiveInt = 65536
     max_publish_bytes: PositiveInt = 1048576
+    batch_max: PositiveInt = 256
+    compression: bool = False
 
     def __post_init__(self) -> None:
         _unique(self.channels, "channels")

@@ -16,9 +16,11 @@ import trio
 
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
+from hubd.core.frame import Frame
+from hubd.core.latency import LatencyHistogram
 from hubd.core.mailbox import Mailbox, Overflow
 from hubd.protocol.channels import GLOBAL, UnknownChannelError, normalize, parse_event_types
-from hubd.protocol.envelope import Envelope, encode, new_id, utc_timestamp
+from hubd.protocol.envelope import Envelope, encode_bytes, new_id, utc_timestamp
 from hubd.settings import HubSettings, LimitsSettings
 
 CLOSE_GOING_AWAY = 1001
@@ -39,8 +41,10 @@ class Session:
     principal: Principal
     ip: str
     subscriptions: list[str]
-    mailbox: Mailbox
+    mailbox: Mailbox[Frame]
     connected_at: str
+    # Opt-in batch mode: several queued events per text frame, newline-separated.
+    batch: bool = False
     close_code: int | None = None
     close_reason: str = ""
     # Set when the client's own close or disconnect ended the session.
@@ -62,7 +66,7 @@ class Session:
         if self.scope is not None:
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE)
 
-    def deliver(self, frame: str) -> bool:
+    def deliver(self, frame: Frame) -> bool:
         """Queue a frame for this client. Returns False when it was not queued; when that
         overflowed a `disconnect` queue, the connection is asked to close with 1013."""
         if self.mailbox.put(frame):
@@ -73,7 +77,7 @@ class Session:
 
     def reply(self, envelope: Envelope) -> None:
         """Queue a frame for this client only (subject to the same overflow policy)."""
-        self.deliver(encode(envelope))
+        self.deliver(Frame(encode_bytes(envelope)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,8 @@ class Hub:
         self.draining = False
         self.published: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
+        # Time from a publish being accepted to its frame being written, per delivery.
+        self.latency = LatencyHistogram()
         # Drops of sessions that have ended; live sessions hold their own counts.
         self._dropped_ended = 0
         self.started_at = trio.current_time()
@@ -105,7 +111,9 @@ class Hub:
 
     # -- connections -------------------------------------------------------------------
 
-    def admit(self, principal: Principal, ip: str, event_types: str | None) -> Session:
+    def admit(
+        self, principal: Principal, ip: str, event_types: str | None, *, batch: bool = False
+    ) -> Session:
         """Check a new subscriber against every rule and register it.
 
         Raises `HubError`: 503 draining, 403 no subscriber role, 400 unknown channel,
@@ -156,15 +164,24 @@ class Hub:
             subscriptions=subscriptions,
             mailbox=Mailbox(self.settings.queue_size, Overflow(self.settings.slow_consumer)),
             connected_at=utc_timestamp(),
+            batch=batch,
         )
+        body: dict[str, object] = {
+            "client_id": session.client_id,
+            "subscriptions": list(subscriptions),
+        }
+        if batch:
+            body["batch"] = True
         session.mailbox.put(
-            encode(
-                Envelope(
-                    id=new_id(),
-                    event_type=GLOBAL,
-                    timestamp=session.connected_at,
-                    message=CONFIRMATION_MESSAGE,
-                    body={"client_id": session.client_id, "subscriptions": list(subscriptions)},
+            Frame(
+                encode_bytes(
+                    Envelope(
+                        id=new_id(),
+                        event_type=GLOBAL,
+                        timestamp=session.connected_at,
+                        message=CONFIRMATION_MESSAGE,
+                        body=body,
+                    )
                 )
             )
         )
@@ -211,10 +228,11 @@ class Hub:
     def subscribers(self, channel: str) -> Iterable[Session]:
         return self._subscribers[channel].keys()
 
-    def publish(self, channel: str, frame: str, target: Session | None = None) -> int:
+    def publish(self, channel: str, frame: Frame, target: Session | None = None) -> int:
         """Hand one encoded frame to every subscriber of `channel` (or to `target` only).
 
-        Returns how many mailboxes accepted it. Never blocks."""
+        The same `Frame` object is queued for every subscriber, so it is encoded and
+        framed once. Returns how many mailboxes accepted it. Never blocks."""
         self.published[channel] += 1
         if target is not None:
             receivers: Iterable[Session] = (target,)

@@ -14,9 +14,12 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import trio
 from trio.lowlevel import ParkingLot
+
+T = TypeVar("T")
 
 
 class Overflow(enum.Enum):
@@ -33,8 +36,8 @@ class MailboxStats:
     closed: bool
 
 
-class Mailbox:
-    """Bounded FIFO of frames (`str`). Not thread-safe; lives in one trio run."""
+class Mailbox(Generic[T]):
+    """Bounded FIFO of frames. Not thread-safe; lives in one trio run."""
 
     __slots__ = (
         "_items",
@@ -50,7 +53,7 @@ class Mailbox:
     def __init__(self, capacity: int, policy: Overflow) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self._items: deque[str] = deque()
+        self._items: deque[T] = deque()
         self._lot = ParkingLot()
         self.capacity = capacity
         self.policy = policy
@@ -63,7 +66,7 @@ class Mailbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, frame: str) -> bool:
+    def put(self, frame: T) -> bool:
         """Queue a frame without blocking.
 
         Returns True when the frame was queued, False when it was not (the mailbox is
@@ -101,7 +104,7 @@ class Mailbox:
         self._items.clear()
         return n
 
-    async def get_batch(self, max_items: int) -> list[str]:
+    async def get_batch(self, max_items: int) -> list[T]:
         """Wait for at least one frame and take up to `max_items`, oldest first.
 
         Returns [] only once the mailbox is closed and empty."""

@@ -6,12 +6,14 @@ import re
 from dataclasses import dataclass
 
 import msgspec
+import trio
 
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
+from hubd.core.frame import Frame
 from hubd.core.hub import Hub, Session
 from hubd.protocol.channels import GLOBAL, SERVER_OWNED
-from hubd.protocol.envelope import Envelope, PublishEvent, encode, new_id, utc_timestamp
+from hubd.protocol.envelope import Envelope, PublishEvent, encode_bytes, new_id, utc_timestamp
 
 MAX_BATCH = 1000
 
@@ -161,6 +163,7 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
         )
     events, batch = decode_request(payload)
     checked = [_check(hub, principal, i, e, batch) for i, e in enumerate(events)]
+    accepted_at = trio.current_time()
     ids: list[str] = []
     for item in checked:
         envelope = Envelope(
@@ -171,6 +174,6 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
             body=item.event.body,
             client_id=item.event.client_id,
         )
-        hub.publish(item.channel, encode(envelope), item.target)
+        hub.publish(item.channel, Frame(encode_bytes(envelope), accepted_at), item.target)
         ids.append(envelope.id)
     return PublishResult(ids, batch)

@@ -17,6 +17,7 @@ import logging
 
 import trio
 
+from hubd.core.frame import Frame
 from hubd.core.hub import CLOSE_GRACE, CLOSE_IDLE, CLOSE_TOO_BIG, Hub, Session
 from hubd.core.transport import Transport, TransportClosed
 from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
@@ -24,7 +25,7 @@ from hubd.protocol.envelope import (
     Envelope,
     FrameError,
     decode_client_frame,
-    encode,
+    encode_bytes,
     new_id,
     utc_timestamp,
 )
@@ -51,7 +52,7 @@ async def serve_session(
             session.scope = nursery.cancel_scope
             if session.close_code is not None:  # asked to close before it was served
                 nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE
-            nursery.start_soon(_writer, session, transport, nursery.cancel_scope)
+            nursery.start_soon(_writer, hub, session, transport, nursery.cancel_scope)
             task_status.started()
             with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
                 await _reader(hub, session, transport, idle, settings.idle_timeout)
@@ -78,35 +79,48 @@ async def serve_session(
         )
 
 
-async def _writer(session: Session, transport: Transport, scope: trio.CancelScope) -> None:
+async def _writer(
+    hub: Hub, session: Session, transport: Transport, scope: trio.CancelScope
+) -> None:
     mailbox = session.mailbox
+    latency = hub.latency
+    batch_mode = session.batch
+    take = hub.settings.batch_max if batch_mode else WRITE_BATCH
     try:
         while True:
-            batch = await mailbox.get_batch(WRITE_BATCH)
-            if not batch:
+            frames = await mailbox.get_batch(take)
+            if not frames:
                 break  # closed and drained
-            for frame in batch:
-                await transport.send(frame)
+            if batch_mode and len(frames) > 1:
+                await transport.send_frames([Frame(b"\n".join(f.payload for f in frames))])
+            else:
+                await transport.send_frames(frames)
+            now = trio.current_time()
+            for frame in frames:
+                if frame.queued_at:
+                    latency.observe(now - frame.queued_at)
             if not mailbox and mailbox.dropped_unreported:
                 # The client has caught up: tell it how much it missed.
                 dropped = mailbox.take_unreported_drops()
-                await transport.send(
-                    _encode_notice(session, "events_dropped", {"dropped": dropped})
+                await transport.send_frames(
+                    [_notice(session, "events_dropped", {"dropped": dropped})]
                 )
     except TransportClosed:
         session.peer_closed = True
     scope.cancel()
 
 
-def _encode_notice(session: Session, message: str, body: object) -> str:
-    return encode(
-        Envelope(
-            id=new_id(),
-            event_type=GLOBAL,
-            timestamp=utc_timestamp(),
-            message=message,
-            body=body,
-            client_id=session.client_id,
+def _notice(session: Session, message: str, body: object) -> Frame:
+    return Frame(
+        encode_bytes(
+            Envelope(
+                id=new_id(),
+                event_type=GLOBAL,
+                timestamp=utc_timestamp(),
+                message=message,
+                body=body,
+                client_id=session.client_id,
+            )
         )
     )
 

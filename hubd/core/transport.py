@@ -6,10 +6,13 @@ and tests use `MemoryTransport`, so the whole session logic runs without sockets
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+
+from hubd.core.frame import Frame
 
 
 class TransportClosed(Exception):
@@ -17,8 +20,9 @@ class TransportClosed(Exception):
 
 
 class Transport(Protocol):
-    async def send(self, text: str) -> None:
-        """Send one text frame. Raises `TransportClosed` when the peer is gone."""
+    async def send_frames(self, frames: Sequence[Frame]) -> None:
+        """Send frames in order, each as one text message. Raises `TransportClosed` when
+        the peer is gone."""
 
     async def receive(self) -> str | bytes | None:
         """The next client frame (text or binary), or None once the peer has closed."""
@@ -33,7 +37,19 @@ class Closed:
     reason: str
 
 
-class MemoryTransport:
+class TextTransport:
+    """Base for transports that send one text message at a time."""
+
+    async def send(self, text: str) -> None:
+        """Send one text frame. Raises `TransportClosed` when the peer is gone."""
+        raise NotImplementedError
+
+    async def send_frames(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            await self.send(frame.text)
+
+
+class MemoryTransport(TextTransport):
     """Server side of an in-memory connection. The test drives the `client` side."""
 
     def __init__(self, buffer: int = 1_000_000) -> None:

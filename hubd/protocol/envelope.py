@@ -55,6 +55,11 @@ def encode(envelope: Envelope) -> str:
     return _encoder.encode(envelope).decode()
 
 
+def encode_bytes(envelope: Envelope) -> bytes:
+    """Encode an envelope to the UTF-8 JSON payload of one WebSocket frame."""
+    return _encoder.encode(envelope)
+
+
 def decode_envelope(data: str | bytes) -> Envelope:
     """Decode a server frame (used by clients and tests)."""
     return msgspec.json.decode(data, type=Envelope)

@@ -8,19 +8,18 @@ it runs once per delivery.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 from urllib.parse import parse_qs
 
-import trio
-
 from hubd.core.clientip import resolve_client_ip
 from hubd.core.errors import HubError
 from hubd.core.session import serve_session
-from hubd.core.transport import TransportClosed
+from hubd.core.transport import Transport
+from hubd.web.asgi_transport import AsgiTransport
 from hubd.web.context import WebContext
 from hubd.web.errors import JSON_HEADERS, error_body
+from hubd.web.fastpath import HypercornTransport, hypercorn_stream, refuse_compression
 
 log = logging.getLogger("hubd.connections")
 
@@ -30,42 +29,6 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-class AsgiTransport:
-    """`Transport` over an ASGI WebSocket connection."""
-
-    __slots__ = ("_closed", "_receive", "_send")
-
-    def __init__(self, receive: Any, send: Any) -> None:
-        self._receive = receive
-        self._send = send
-        self._closed = False
-
-    async def send(self, text: str) -> None:
-        if self._closed:
-            raise TransportClosed("closed")
-        try:
-            await self._send({"type": "websocket.send", "text": text})
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._closed = True
-            raise TransportClosed(str(exc)) from None
-
-    async def receive(self) -> str | bytes | None:
-        message = await self._receive()
-        kind = message["type"]
-        if kind == "websocket.receive":
-            text = message.get("text")
-            return text if text is not None else bytes(message.get("bytes") or b"")
-        self._closed = True
-        return None  # websocket.disconnect
-
-    async def close(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -73,6 +36,15 @@ def _headers(scope: Scope) -> dict[str, str]:
 def _query(scope: Scope) -> dict[str, str]:
     parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     return {k: v[-1] for k, v in parsed.items()}
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    value = query.get(name)
+    if value is None or value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise HubError(400, "bad_request", f"{name}={value!r} is not allowed; use {name}=1 or {name}=0")
 
 
 async def reject(send: Any, status: int, code: str, message: str) -> None:
@@ -109,7 +81,8 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
     )
     try:
         principal = ctx.authenticate(headers, query.get("access_token"))
-        session = ctx.hub.admit(principal, ip, query.get("event_types"))
+        batch = _flag(query, "batch")
+        session = ctx.hub.admit(principal, ip, query.get("event_types"), batch=batch)
     except HubError as exc:
         log.info("rejected ip=%s status=%d error=%s", ip, exc.status, exc.code)
         await reject(send, exc.status, exc.code, exc.message)
@@ -122,7 +95,14 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
             principal.name,
             ",".join(session.subscriptions),
         )
+        stream = hypercorn_stream(send)
+        transport: Transport
+        if stream is not None and not ctx.settings.hub.compression:
+            refuse_compression(stream)
+            transport = HypercornTransport(receive, send, stream)
+        else:
+            transport = AsgiTransport(receive, send)
         await send({"type": "websocket.accept"})
-        await serve_session(ctx.hub, session, AsgiTransport(receive, send))
+        await serve_session(ctx.hub, session, transport)
     finally:
         ctx.hub.unregister(session)

@@ -11,8 +11,9 @@ import trio
 import trio.testing
 
 from hubd.core.errors import HubError
+from hubd.core.frame import Frame
 from hubd.core.hub import CONFIRMATION_MESSAGE, Hub
-from hubd.protocol.envelope import Envelope, encode
+from hubd.protocol.envelope import Envelope, encode_bytes
 
 from .conftest import ADMIN, PUBLISHER, SUBSCRIBER, admit, make_hub, principal, queued
 
@@ -26,8 +27,9 @@ def refusal(hub: Hub, *args: Any) -> HubError:
     return info.value
 
 
-def event(channel: str, message: str = "EVT", body: Any = None) -> str:
-    return encode(Envelope(id="e", event_type=channel, timestamp="t", message=message, body=body))
+def event(channel: str, message: str = "EVT", body: Any = None) -> Frame:
+    envelope = Envelope(id="e", event_type=channel, timestamp="t", message=message, body=body)
+    return Frame(encode_bytes(envelope))
 
 
 async def messages(session: Any) -> list[str]:

@@ -12,10 +12,11 @@ import trio
 import trio.lowlevel
 from trio.testing import MockClock
 
+from hubd.core.frame import Frame
 from hubd.core.hub import CONFIRMATION_MESSAGE, Hub
 from hubd.core.session import CLOSE_GRACE
 from hubd.core.transport import Closed
-from hubd.protocol.envelope import Envelope, encode
+from hubd.protocol.envelope import Envelope, encode_bytes
 
 from .conftest import SUBSCRIBER, Client, StalledTransport, admit, connect, make_hub, serve
 
@@ -24,8 +25,10 @@ PING = {"event_type": "health", "message": "ping"}
 IP = "192.0.2.10"
 
 
-def event(channel: str, message: str = "EVT") -> str:
-    return encode(Envelope(id="e" * 64, event_type=channel, timestamp="t", message=message))
+def event(channel: str, message: str = "EVT") -> Frame:
+    return Frame(
+        encode_bytes(Envelope(id="e" * 64, event_type=channel, timestamp="t", message=message))
+    )
 
 
 def assert_slot_free(hub: Hub, client: Client) -> None:

@@ -1,0 +1,35 @@
+"""An outbound frame: the encoded event, queued once per subscriber, built once in all."""
+
+from __future__ import annotations
+
+from hubd.protocol.wsframe import text_frame
+
+
+class Frame:
+    """One JSON text frame. `payload` is the UTF-8 JSON; `text` and `wire` (the WebSocket
+    frame bytes) are derived on first use and cached, so every subscriber of an event
+    shares the same objects. `queued_at` is the trio time the hub accepted it (0 for
+    frames that are not published events, which the latency histogram skips)."""
+
+    __slots__ = ("_text", "_wire", "payload", "queued_at")
+
+    def __init__(self, payload: bytes, queued_at: float = 0.0) -> None:
+        self.payload = payload
+        self.queued_at = queued_at
+        self._text: str | None = None
+        self._wire: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.payload.decode()
+        return self._text
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = text_frame(self.payload)
+        return self._wire
+
+    def __repr__(self) -> str:
+        return f"Frame({self.payload[:60]!r}...)"
