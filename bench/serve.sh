@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Start hubd for the side-by-side harness: listens on 127.0.0.1:$PORT with the token the
+# load generator uses ("bench", subscriber + publisher). Extra TOML for [hub] may be given
+# in $HUBD_BENCH_HUB (e.g. 'batch_max = 256').
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CONF=$(mktemp /tmp/hubd-bench-XXXXXX.toml)
+cat >"$CONF" <<TOML
+[server]
+listen = ["127.0.0.1:${PORT:-18080}"]
+shutdown_timeout = 5.0
+
+[hub]
+idle_timeout = 60.0
+${HUBD_BENCH_HUB:-}
+
+[limits]
+max_connections = 20000
+
+[log]
+level = "warning"
+
+[[auth.tokens]]
+name = "bench"
+token = "${TOKEN:-bench}"
+roles = ["subscriber", "publisher"]
+TOML
+exec "$HERE/.venv/bin/hubd" serve --config "$CONF"
