@@ -15,10 +15,11 @@ help:
 	@echo "make bench  benchmarks (see bench/README.md)"
 
 $(STAMP): pyproject.toml
-	@if [ ! -x $(BIN)/python ]; then \
-	  $(PYTHON) -m venv $(VENV) || { \
-	    echo "error: '$(PYTHON) -m venv' failed. On Debian/Ubuntu install it with:" >&2; \
-	    echo "    apt-get install -y python3-venv" >&2; rm -rf $(VENV); exit 1; }; \
+	@if [ ! -x $(BIN)/python ] || ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
+	  $(PYTHON) scripts/bootstrap_venv.py $(VENV) || { \
+	    echo "error: could not create $(VENV) with $(PYTHON) (needs Python >= 3.11)." >&2; \
+	    echo "On Debian/Ubuntu, 'apt-get install -y python3-venv' also fixes it." >&2; \
+	    rm -rf $(VENV); exit 1; }; \
 	fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -40,9 +41,10 @@ run: $(STAMP)
 	exec $(BIN)/hubd serve --config $(DEV_CONFIG)
 
 lint: $(STAMP)
-	$(BIN)/ruff check hubd tests
-	$(BIN)/ruff format --check hubd tests
+	$(BIN)/ruff check hubd tests bench scripts
+	$(BIN)/ruff format --check hubd tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/mypy --strict bench scripts
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"

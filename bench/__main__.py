@@ -1,27 +1,152 @@
-"""`python -m bench [core|load] ...`: hubd's own benchmarks. See bench/README.md."""
+"""`python -m bench`: hubd's own benchmarks (see bench/README.md).
+
+    python -m bench core                 # the core alone, in process, no sockets
+    python -m bench load [SCENARIO ...]  # a real `hubd serve` on loopback, started here
+    python -m bench                      # both, the defaults `make bench` runs
+
+Each figure is the median of --reps runs; `load` also prints the batch=1 / default ratio
+measured in the same run, which is what to quote on a shared, noisy machine.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
 
 from bench.core import run_core
+from bench.loadgen import Target, median_summary, rss_kb, run_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"ready listening on http://127\.0\.0\.1:(\d+)")
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "light": {"subs": 20, "rate": 50, "duration": 5},
+    "fanout": {"subs": 200, "batch": 50, "duration": 5, "window": 2000},
+    "idle": {"subs": 1000, "hold": 3, "connect_concurrency": 100},
+    "connect": {"subs": 1000, "connect_concurrency": 200},
+}
+
+CONFIG = """
+[server]
+listen = ["127.0.0.1:0"]
+shutdown_timeout = 3.0
+[hub]
+idle_timeout = 120.0
+[limits]
+max_connections = 20000
+[log]
+level = "warning"
+[[auth.tokens]]
+name = "bench"
+token = "bench"
+roles = ["admin"]
+"""
+
+
+class Server:
+    """A `hubd serve` subprocess on a free loopback port."""
+
+    def __init__(self) -> None:
+        fd, self.config = tempfile.mkstemp(suffix=".toml", prefix="hubd-bench-")
+        with os.fdopen(fd, "w") as f:
+            f.write(CONFIG)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hubd", "serve", "--config", self.config],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 20
+        self.port = 0
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if m := READY.search(line):
+                self.port = int(m[1])
+                break
+            if not line and self.proc.poll() is not None:
+                break
+        if not self.port:
+            self.stop()
+            raise RuntimeError("hubd did not start")
+        # hubd logs at warning level from here on; nothing else needs reading.
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        os.unlink(self.config)
+
+
+def run_load(scenarios: list[str], reps: int) -> list[dict[str, Any]]:
+    ulimit_raise()
+    summaries: list[dict[str, Any]] = []
+    for name in scenarios:
+        modes = [False, True] if name in ("light", "fanout") else [False]
+        for batch in modes:
+            results = []
+            for _ in range(reps):
+                server = Server()
+                try:
+                    opts = dict(SCENARIOS[name])
+                    opts["rss_before_kb"] = rss_kb(server.proc.pid)
+                    target = Target("127.0.0.1", server.port, "bench", server.proc.pid, batch)
+                    results.append(trio.run(_run, target, name, opts))
+                finally:
+                    server.stop()
+            summary = {"scenario": name, "batch": batch, **median_summary(results)}
+            summaries.append(summary)
+            print(json.dumps(summary), flush=True)
+    by_key = {(s["scenario"], s["batch"]): s for s in summaries}
+    for name in ("light", "fanout"):
+        plain, batched = by_key.get((name, False)), by_key.get((name, True))
+        if plain and batched and plain["deliveries_per_s"] and batched["deliveries_per_s"]:
+            ratio = batched["deliveries_per_s"] / plain["deliveries_per_s"]
+            print(f"{name}: batch=1 / default deliveries/s = {ratio:.2f}x (same run)")
+    return summaries
+
+
+async def _run(target: Target, name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    return await run_scenario(target, name, **opts)
+
+
+def ulimit_raise() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    sub = parser.add_subparsers(dest="what")
-    core = sub.add_parser("core", help="in-process fan-out through the core, no sockets")
-    core.add_argument("--subscribers", type=int, default=500)
-    core.add_argument("--events", type=int, default=2000)
-    core.add_argument("--reps", type=int, default=5)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", "core", "load"])
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help=", ".join(SCENARIOS))
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
-    if args.what in (None, "core"):
-        result = run_core(
-            getattr(args, "subscribers", 500), getattr(args, "events", 2000), reps=getattr(args, "reps", 5)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
         )
-        print(json.dumps(result))
+    if args.what in ("all", "core"):
+        print(json.dumps(run_core(reps=args.reps)), flush=True)
+    if args.what in ("all", "load"):
+        run_load(args.scenarios, args.reps)
     return 0
 
 

@@ -23,6 +23,6 @@ level = "warning"
 [[auth.tokens]]
 name = "bench"
 token = "${TOKEN:-bench}"
-roles = ["subscriber", "publisher"]
+roles = ["admin"]
 TOML
 exec "$HERE/.venv/bin/hubd" serve --config "$CONF"

@@ -8,12 +8,12 @@ from hubd.protocol.wsframe import text_frame
 class Frame:
     """One JSON text frame. `payload` is the UTF-8 JSON; `text` and `wire` (the WebSocket
     frame bytes) are derived on first use and cached, so every subscriber of an event
-    shares the same objects. `queued_at` is the trio time the hub accepted it (0 for
+    shares the same objects. `queued_at` is the trio time the hub accepted it (None for
     frames that are not published events, which the latency histogram skips)."""
 
     __slots__ = ("_text", "_wire", "payload", "queued_at")
 
-    def __init__(self, payload: bytes, queued_at: float = 0.0) -> None:
+    def __init__(self, payload: bytes, queued_at: float | None = None) -> None:
         self.payload = payload
         self.queued_at = queued_at
         self._text: str | None = None

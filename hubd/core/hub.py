@@ -214,6 +214,28 @@ class Hub:
         """Frames accepted for a subscriber but never written to it, since start."""
         return self._dropped_ended + sum(s.mailbox.dropped_total for s in self.sessions.values())
 
+    def stats(self) -> dict[str, object]:
+        """Totals, per-channel counts, uptime and the delivery-latency histogram."""
+        subscribers = {c: len(s) for c, s in sorted(self._subscribers.items())}
+        return {
+            "uptime_seconds": round(trio.current_time() - self.started_at, 3),
+            "connections": len(self.sessions),
+            "draining": self.draining,
+            "published": sum(self.published.values()),
+            "delivered": sum(self.delivered.values()),
+            "dropped": self.dropped,
+            "queued": sum(len(s.mailbox) for s in self.sessions.values()),
+            "channels": {
+                c: {
+                    "subscribers": n,
+                    "published": self.published[c],
+                    "delivered": self.delivered[c],
+                }
+                for c, n in subscribers.items()
+            },
+            "delivery_latency": self.latency.snapshot(),
+        }
+
     def close_all(self, code: int, reason: str) -> None:
         """Ask every connection to close (queued frames are flushed first)."""
         for session in list(self.sessions.values()):

@@ -54,8 +54,13 @@ class LatencyHistogram:
         return {
             "count": self.count,
             "sum_seconds": self.sum,
-            "p50_le_seconds": self.quantile(0.5),
-            "p90_le_seconds": self.quantile(0.9),
-            "p99_le_seconds": self.quantile(0.99),
+            "p50_le_seconds": _bound(self.quantile(0.5)),
+            "p90_le_seconds": _bound(self.quantile(0.9)),
+            "p99_le_seconds": _bound(self.quantile(0.99)),
             "buckets": dict(cumulative),
         }
+
+
+def _bound(value: float | None) -> float | str | None:
+    """JSON has no infinity: past the last bound the quantile reads "+Inf" (None = empty)."""
+    return "+Inf" if value == float("inf") else value

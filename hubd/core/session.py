@@ -86,9 +86,12 @@ async def _writer(
     latency = hub.latency
     batch_mode = session.batch
     take = hub.settings.batch_max if batch_mode else WRITE_BATCH
+    first = True
     try:
         while True:
-            frames = await mailbox.get_batch(take)
+            # The confirmation is always a frame of its own, even in batch mode.
+            frames = await mailbox.get_batch(1 if first else take)
+            first = False
             if not frames:
                 break  # closed and drained
             if batch_mode and len(frames) > 1:
@@ -97,7 +100,7 @@ async def _writer(
                 await transport.send_frames(frames)
             now = trio.current_time()
             for frame in frames:
-                if frame.queued_at:
+                if frame.queued_at is not None:
                     latency.observe(now - frame.queued_at)
             if not mailbox and mailbox.dropped_unreported:
                 # The client has caught up: tell it how much it missed.

@@ -15,7 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hypercorn.protocol.events import Data
+try:
+    from hypercorn.protocol.events import Data as _Data
+
+    Data: Any = _Data
+except ImportError:  # a Hypercorn that moved its internals: plain ASGI path only
+    Data = None
 
 from hubd.core.frame import Frame
 from hubd.core.transport import TransportClosed
@@ -27,7 +32,7 @@ _NEEDED = ("send", "stream_id", "closed", "handshake")
 def hypercorn_stream(send: Any) -> Any | None:
     """The Hypercorn WSStream behind an ASGI `send`, or None if it is not one."""
     stream = getattr(send, "__self__", None)
-    if stream is None or type(stream).__name__ != "WSStream":
+    if Data is None or stream is None or type(stream).__name__ != "WSStream":
         return None
     if not all(hasattr(stream, name) for name in _NEEDED):
         return None

@@ -101,6 +101,14 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             },
         )
 
+    async def stats() -> Response:
+        principal = ctx.authenticate(_headers(), request.args.get("access_token"))
+        if not principal.is_admin:
+            raise HubError(
+                403, "forbidden", f"principal {principal.name!r} lacks the 'admin' role needed here"
+            )
+        return _json(200, ctx.hub.stats())
+
     async def subscribe_over_http() -> Response:
         return _error(
             426,
@@ -118,6 +126,7 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
         app.add_url_rule(
             f"{prefix}/ws/subscribe", f"subscribe_{tag}", subscribe_over_http, methods=["GET"]
         )
+        app.add_url_rule(f"{prefix}/ws/stats", f"stats_{tag}", stats, methods=["GET"])
 
     @app.errorhandler(HubError)
     async def on_hub_error(exc: HubError) -> Response:

@@ -554,3 +554,16 @@ async def http_client(url: str, src_ip: str | None = None) -> AsyncIterator[http
 
 def event(channel: str = "pdfm", message: str = "VM_STATE_CHANGED", **extra: Any) -> dict[str, Any]:
     return {"event_type": channel, "message": message, **extra}
+
+
+# -- batch mode, compression and stats tests ------------------------------------------------
+
+# Source addresses for tests/e2e/test_batch_and_stats.py: a range (127.31.0.0/16) that no
+# other test uses, on the shared servers or elsewhere.
+_batch_numbers = itertools.count(1)
+
+
+def batch_ip() -> str:
+    """A fresh loopback source address in 127.31.0.0/16."""
+    n = next(_batch_numbers)
+    return f"127.31.{n // 250}.{n % 250 + 1}"
