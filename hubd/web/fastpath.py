@@ -12,8 +12,11 @@ uses the plain ASGI path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
+
+import trio
 
 try:
     from hypercorn.protocol.events import Data as _Data
@@ -45,14 +48,37 @@ def refuse_compression(stream: Any) -> None:
     stream.handshake.extensions = None
 
 
-class HypercornTransport(AsgiTransport):
-    """ASGI for receiving and closing; pre-built frames written straight to the stream."""
+def _tcp_server(stream: Any) -> Any | None:
+    """Hypercorn's TCPServer behind a WSStream served over plain HTTP/1.1 TCP, or None
+    (HTTP/2, TLS, another layout): the owner of the socket and of the lock that keeps
+    every write to it whole."""
+    proto = getattr(stream.send, "__self__", None)
+    if type(proto).__name__ != "H11Protocol":
+        return None
+    server = getattr(getattr(proto, "send", None), "__self__", None)
+    if not isinstance(getattr(server, "send_lock", None), trio.Lock):
+        return None
+    if not isinstance(getattr(server, "stream", None), trio.SocketStream):
+        return None
+    return server
 
-    __slots__ = ("_stream",)
+
+class HypercornTransport(AsgiTransport):
+    """ASGI for receiving and closing; pre-built frames written straight to the stream.
+
+    Over plain TCP the frames are written to the socket at once when it takes them (the
+    common case): no task switch and no Hypercorn machinery per write. What the kernel
+    does not take at once is sent, still under Hypercorn's send lock, by `send_all`."""
+
+    __slots__ = ("_fd", "_lock", "_sock_stream", "_stream")
 
     def __init__(self, receive: Any, send: Any, stream: Any) -> None:
         super().__init__(receive, send)
         self._stream = stream
+        server = _tcp_server(stream)
+        self._lock: trio.Lock | None = server.send_lock if server is not None else None
+        self._sock_stream: trio.SocketStream | None = server.stream if server else None
+        self._fd = self._sock_stream.socket.fileno() if self._sock_stream else -1
 
     async def send_frames(self, frames: Sequence[Frame]) -> None:
         stream = self._stream
@@ -60,7 +86,27 @@ class HypercornTransport(AsgiTransport):
             self._closed = True
             raise TransportClosed("closed")
         data = frames[0].wire if len(frames) == 1 else b"".join([f.wire for f in frames])
-        await stream.send(Data(stream_id=stream.stream_id, data=data))
+        lock = self._lock
+        if lock is None or self._sock_stream is None or lock.locked():
+            await stream.send(Data(stream_id=stream.stream_id, data=data))
+        else:
+            # Taking the lock before writing means no other writer (Hypercorn's pongs and
+            # close frames) can slip in between a partial write and its remainder.
+            lock.acquire_nowait()
+            try:
+                try:
+                    written = os.write(self._fd, data)
+                except BlockingIOError:
+                    written = 0
+                if written < len(data):
+                    with trio.CancelScope(shield=True):  # as Hypercorn's own writes are
+                        await self._sock_stream.send_all(memoryview(data)[written:])
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._closed = True
+                raise TransportClosed("peer went away") from None
+            finally:
+                lock.release()
+            await trio.lowlevel.checkpoint()
         if stream.closed:  # the write found the peer gone
             self._closed = True
             raise TransportClosed("peer went away")
