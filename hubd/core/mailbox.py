@@ -110,6 +110,10 @@ class Mailbox(Generic[T]):
         Returns [] only once the mailbox is closed and empty."""
         await trio.lowlevel.checkpoint_if_cancelled()
         items = self._items
+        if items:
+            # Frames are waiting: still let other tasks run once, so a busy connection
+            # cannot starve the rest (this is the writer's one scheduling point per write).
+            await trio.lowlevel.cancel_shielded_checkpoint()
         while not items:
             if self.closed:
                 return []

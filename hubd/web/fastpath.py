@@ -106,7 +106,8 @@ class HypercornTransport(AsgiTransport):
                 raise TransportClosed("peer went away") from None
             finally:
                 lock.release()
-            await trio.lowlevel.checkpoint()
+            # No scheduling round here: the writer's next get_batch parks or yields.
+            await trio.lowlevel.checkpoint_if_cancelled()
         if stream.closed:  # the write found the peer gone
             self._closed = True
             raise TransportClosed("peer went away")
