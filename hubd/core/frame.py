@@ -11,13 +11,24 @@ class Frame:
     shares the same objects. `queued_at` is the trio time the hub accepted it (None for
     frames that are not published events, which the latency histogram skips)."""
 
-    __slots__ = ("_text", "_wire", "payload", "queued_at")
+    __slots__ = ("_text", "_wire", "payload", "queued_at", "raw")
 
     def __init__(self, payload: bytes, queued_at: float | None = None) -> None:
         self.payload = payload
         self.queued_at = queued_at
         self._text: str | None = None
         self._wire: bytes | None = None
+        # True for bytes that are already on-the-wire WebSocket data (the rest of a frame
+        # the kernel took only in part, or a control frame): written as they are, alone.
+        self.raw = False
+
+    @classmethod
+    def wire_bytes(cls, data: bytes) -> Frame:
+        """Bytes to write exactly as they are (no JSON payload behind them)."""
+        frame = cls(b"")
+        frame._wire = data
+        frame.raw = True
+        return frame
 
     @property
     def text(self) -> str:

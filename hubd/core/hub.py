@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -53,6 +53,12 @@ class Session:
     # The connection's task scope, once it is being served: a close request gives it
     # CLOSE_GRACE seconds to flush, so a peer that stopped reading cannot hold it open.
     scope: trio.CancelScope | None = None
+    # Set by transports that can write without blocking: try to write these wire bytes
+    # now and return how many the kernel took (0 when it cannot write at once).
+    direct: Callable[[bytes], int] | None = None
+    # True while the writer task holds frames it took from the mailbox.
+    writing: bool = False
+    latency: LatencyHistogram | None = None
 
     def request_close(self, code: int, reason: str) -> None:
         """Ask the connection to close with `code`; the first request wins.
@@ -66,12 +72,31 @@ class Session:
         if self.scope is not None:
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE)
 
-    def deliver(self, frame: Frame) -> bool:
-        """Queue a frame for this client. Returns False when it was not queued; when that
-        overflowed a `disconnect` queue, the connection is asked to close with 1013."""
-        if self.mailbox.put(frame):
+    def deliver(self, frame: Frame, direct: bool = False) -> bool:
+        """Hand a frame to this client. With `direct`, it is written at once when nothing
+        is queued or being written and the socket takes it (no task switch); otherwise it
+        is queued for the writer, which joins everything queued into one write. Returns
+        False when it was not accepted; when that overflowed a `disconnect` queue, the
+        connection is asked to close with 1013."""
+        mailbox = self.mailbox
+        if (
+            direct
+            and self.direct is not None
+            and not mailbox
+            and not self.writing
+            and not mailbox.closed
+        ):
+            wire = frame.wire
+            written = self.direct(wire)
+            if written:
+                if written < len(wire):  # the rest goes first, through the writer
+                    mailbox.put(Frame.wire_bytes(wire[written:]))
+                if frame.queued_at is not None and self.latency is not None:
+                    self.latency.observe(trio.current_time() - frame.queued_at)
+                return True
+        if mailbox.put(frame):
             return True
-        if self.mailbox.overflowed and self.close_code is None:
+        if mailbox.overflowed and self.close_code is None:
             self.request_close(CLOSE_TRY_AGAIN_LATER, "slow consumer: queue overflow")
         return False
 
@@ -165,6 +190,7 @@ class Hub:
             mailbox=Mailbox(self.settings.queue_size, Overflow(self.settings.slow_consumer)),
             connected_at=utc_timestamp(),
             batch=batch,
+            latency=self.latency,
         )
         body: dict[str, object] = {
             "client_id": session.client_id,
@@ -250,11 +276,16 @@ class Hub:
     def subscribers(self, channel: str) -> Iterable[Session]:
         return self._subscribers[channel].keys()
 
-    def publish(self, channel: str, frame: Frame, target: Session | None = None) -> int:
+    def publish(
+        self, channel: str, frame: Frame, target: Session | None = None, *, direct: bool = False
+    ) -> int:
         """Hand one encoded frame to every subscriber of `channel` (or to `target` only).
 
-        The same `Frame` object is queued for every subscriber, so it is encoded and
-        framed once. Returns how many mailboxes accepted it. Never blocks."""
+        The same `Frame` object goes to every subscriber, so it is encoded and framed
+        once. `direct` lets idle connections take it with a non-blocking write right here
+        (for a lone event: lowest latency, no task switch); without it, it is queued so
+        each connection's writer can send several events in one write. Returns how many
+        subscribers accepted it. Never blocks."""
         self.published[channel] += 1
         if target is not None:
             receivers: Iterable[Session] = (target,)
@@ -262,7 +293,7 @@ class Hub:
             receivers = self._subscribers[channel]
         accepted = 0
         for session in receivers:
-            if session.deliver(frame):
+            if session.deliver(frame, direct):
                 accepted += 1
         self.delivered[channel] += accepted
         return accepted

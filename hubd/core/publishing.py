@@ -164,6 +164,7 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
     events, batch = decode_request(payload)
     checked = [_check(hub, principal, i, e, batch) for i, e in enumerate(events)]
     accepted_at = trio.current_time()
+    lone = len(checked) == 1
     ids: list[str] = []
     for item in checked:
         envelope = Envelope(
@@ -174,6 +175,13 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
             body=item.event.body,
             client_id=item.event.client_id,
         )
-        hub.publish(item.channel, Frame(encode_bytes(envelope), accepted_at), item.target)
+        hub.publish(
+            item.channel,
+            Frame(encode_bytes(envelope), accepted_at),
+            item.target,
+            # A lone event is written at once; a batch is queued so that each
+            # connection's writer sends it in one write.
+            direct=lone,
+        )
         ids.append(envelope.id)
     return PublishResult(ids, batch)

@@ -94,10 +94,9 @@ async def _writer(
             first = False
             if not frames:
                 break  # closed and drained
-            if batch_mode and len(frames) > 1:
-                await transport.send_frames([Frame(b"\n".join(f.payload for f in frames))])
-            else:
-                await transport.send_frames(frames)
+            # While the writer holds frames, new ones queue behind them (no direct write).
+            session.writing = True
+            await transport.send_frames(_joined(frames) if batch_mode else frames)
             now = trio.current_time()
             for frame in frames:
                 if frame.queued_at is not None:
@@ -108,9 +107,36 @@ async def _writer(
                 await transport.send_frames(
                     [_notice(session, "events_dropped", {"dropped": dropped})]
                 )
+            session.writing = False
     except TransportClosed:
         session.peer_closed = True
+    finally:
+        session.writing = False
     scope.cancel()
+
+
+def _joined(frames: list[Frame]) -> list[Frame]:
+    """Batch mode: consecutive events become one newline-separated frame; raw wire bytes
+    (the rest of a partly written frame) stay frames of their own, in place."""
+    if len(frames) == 1:
+        return frames
+    out: list[Frame] = []
+    run: list[Frame] = []
+    for frame in frames:
+        if frame.raw:
+            if run:
+                out.append(_join(run))
+                run = []
+            out.append(frame)
+        else:
+            run.append(frame)
+    if run:
+        out.append(_join(run))
+    return out
+
+
+def _join(run: list[Frame]) -> Frame:
+    return run[0] if len(run) == 1 else Frame(b"\n".join([f.payload for f in run]))
 
 
 def _notice(session: Session, message: str, body: object) -> Frame:

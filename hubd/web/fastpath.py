@@ -26,6 +26,7 @@ except ImportError:  # a Hypercorn that moved its internals: plain ASGI path onl
     Data = None
 
 from hubd.core.frame import Frame
+from hubd.core.hub import Session
 from hubd.core.transport import TransportClosed
 from hubd.web.asgi_transport import AsgiTransport
 
@@ -79,6 +80,40 @@ class HypercornTransport(AsgiTransport):
         self._lock: trio.Lock | None = server.send_lock if server is not None else None
         self._sock_stream: trio.SocketStream | None = server.stream if server else None
         self._fd = self._sock_stream.socket.fileno() if self._sock_stream else -1
+
+    def attach(self, session: Session) -> None:
+        """Let the hub write to this connection directly, and route Hypercorn's own
+        frames (pongs, close) through the session's queue whenever hubd has bytes queued
+        or in flight, so that nothing can land inside a partly written frame."""
+        if self._lock is None:
+            return
+        session.direct = self.try_write
+        original = self._stream.send
+
+        async def send(event: Any) -> None:
+            if isinstance(event, Data) and (session.mailbox or session.writing):
+                # Behind hubd's bytes, in order. If the queue is already closed the
+                # connection is going away: the control frame is dropped rather than
+                # risk splitting a frame on the wire.
+                session.mailbox.put(Frame.wire_bytes(bytes(event.data)))
+                return
+            await original(event)
+
+        self._stream.send = send
+
+    def try_write(self, data: bytes) -> int:
+        """Write without blocking if nobody else is writing; return the bytes the kernel
+        took (0: nothing written, the caller queues the frame instead)."""
+        lock = self._lock
+        if lock is None or lock.locked() or self._closed or self._stream.closed:
+            return 0
+        lock.acquire_nowait()
+        try:
+            return os.write(self._fd, data)
+        except OSError:  # BlockingIOError (full buffer) or the peer is gone: the writer
+            return 0  # task will find out and report it
+        finally:
+            lock.release()
 
     async def send_frames(self, frames: Sequence[Frame]) -> None:
         stream = self._stream

@@ -99,7 +99,9 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
         transport: Transport
         if stream is not None and not ctx.settings.hub.compression:
             refuse_compression(stream)
-            transport = HypercornTransport(receive, send, stream)
+            fast = HypercornTransport(receive, send, stream)
+            fast.attach(session)
+            transport = fast
         else:
             transport = AsgiTransport(receive, send)
         await send({"type": "websocket.accept"})
