@@ -90,7 +90,7 @@ class Session:
             written = self.direct(wire)
             if written:
                 if written < len(wire):  # the rest goes first, through the writer
-                    mailbox.put(Frame.wire_bytes(wire[written:]))
+                    mailbox.put_head(Frame.wire_bytes(wire[written:]))
                 if frame.queued_at is not None and self.latency is not None:
                     self.latency.observe(trio.current_time() - frame.queued_at)
                 return True

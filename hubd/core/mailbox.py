@@ -40,6 +40,7 @@ class Mailbox(Generic[T]):
     """Bounded FIFO of frames. Not thread-safe; lives in one trio run."""
 
     __slots__ = (
+        "_head",
         "_items",
         "_lot",
         "capacity",
@@ -54,6 +55,9 @@ class Mailbox(Generic[T]):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self._items: deque[T] = deque()
+        # One item that must go out before everything else and is never dropped: the
+        # rest of a frame the socket took only in part.
+        self._head: T | None = None
         self._lot = ParkingLot()
         self.capacity = capacity
         self.policy = policy
@@ -64,7 +68,16 @@ class Mailbox(Generic[T]):
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + (self._head is not None)
+
+    def put_head(self, item: T) -> None:
+        """Put `item` in front of everything, outside the capacity and the overflow
+        policy: it is taken first and never dropped, even once the mailbox is closed."""
+        if self._head is not None:
+            raise RuntimeError("the mailbox already holds a head item")
+        self._head = item
+        if self._lot:
+            self._lot.unpark()
 
     def put(self, frame: T) -> bool:
         """Queue a frame without blocking.
@@ -102,6 +115,7 @@ class Mailbox(Generic[T]):
         n = len(self._items)
         self.dropped_total += n
         self._items.clear()
+        self._head = None  # the connection is gone: the rest of a frame goes nowhere
         return n
 
     async def get_batch(self, max_items: int) -> list[T]:
@@ -109,6 +123,10 @@ class Mailbox(Generic[T]):
 
         Returns [] only once the mailbox is closed and empty."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._head is not None:
+            head, self._head = self._head, None
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return [head]
         items = self._items
         if items:
             # Frames are waiting: still let other tasks run once, so a busy connection
@@ -118,6 +136,9 @@ class Mailbox(Generic[T]):
             if self.closed:
                 return []
             await self._lot.park()
+            if self._head is not None:
+                head, self._head = self._head, None
+                return [head]
         if len(items) <= max_items:
             batch = list(items)
             items.clear()

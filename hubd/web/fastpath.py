@@ -76,6 +76,8 @@ class HypercornTransport(AsgiTransport):
     def __init__(self, receive: Any, send: Any, stream: Any) -> None:
         super().__init__(receive, send)
         self._stream = stream
+        # Hypercorn's own write path, kept before `attach` wraps `stream.send`.
+        self._stream_send = stream.send
         server = _tcp_server(stream)
         self._lock: trio.Lock | None = server.send_lock if server is not None else None
         self._sock_stream: trio.SocketStream | None = server.stream if server else None
@@ -123,7 +125,7 @@ class HypercornTransport(AsgiTransport):
         data = frames[0].wire if len(frames) == 1 else b"".join([f.wire for f in frames])
         lock = self._lock
         if lock is None or self._sock_stream is None or lock.locked():
-            await stream.send(Data(stream_id=stream.stream_id, data=data))
+            await self._stream_send(Data(stream_id=stream.stream_id, data=data))
         else:
             # Taking the lock before writing means no other writer (Hypercorn's pongs and
             # close frames) can slip in between a partial write and its remainder.
