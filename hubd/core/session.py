@@ -19,6 +19,7 @@ import trio
 
 from hubd.core.frame import Frame
 from hubd.core.hub import CLOSE_GRACE, CLOSE_IDLE, CLOSE_TOO_BIG, Hub, Session
+from hubd.core.latency import LatencyHistogram
 from hubd.core.transport import Transport, TransportClosed
 from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
 from hubd.protocol.envelope import (
@@ -97,10 +98,7 @@ async def _writer(
             # While the writer holds frames, new ones queue behind them (no direct write).
             session.writing = True
             await transport.send_frames(_joined(frames) if batch_mode else frames)
-            now = trio.current_time()
-            for frame in frames:
-                if frame.queued_at is not None:
-                    latency.observe(now - frame.queued_at)
+            _observe(latency, frames, trio.current_time())
             if not mailbox and mailbox.dropped_unreported:
                 # The client has caught up: tell it how much it missed.
                 dropped = mailbox.take_unreported_drops()
@@ -113,6 +111,25 @@ async def _writer(
     finally:
         session.writing = False
     scope.cancel()
+
+
+def _observe(latency: LatencyHistogram, frames: list[Frame], now: float) -> None:
+    """Record each event's accept-to-write time. Events of one publish request share
+    their accept time, so runs of them are recorded with one histogram update."""
+    run_at = 0.0
+    run = 0  # events in the current run (0: no run yet)
+    for frame in frames:
+        at = frame.queued_at
+        if at is None:
+            continue
+        if run and at == run_at:
+            run += 1
+            continue
+        if run:
+            latency.observe_many(now - run_at, run)
+        run_at, run = at, 1
+    if run:
+        latency.observe_many(now - run_at, run)
 
 
 def _joined(frames: list[Frame]) -> list[Frame]:
