@@ -45,7 +45,7 @@ idle_timeout = 120.0
 [limits]
 max_connections = 20000
 [log]
-level = "warning"
+level = "info"
 [[auth.tokens]]
 name = "bench"
 token = "bench"
@@ -60,26 +60,25 @@ class Server:
         fd, self.config = tempfile.mkstemp(suffix=".toml", prefix="hubd-bench-")
         with os.fdopen(fd, "w") as f:
             f.write(CONFIG)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubd", "serve", "--config", self.config],
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stderr is not None
+        # The log goes to a file, not a pipe: a pipe nobody drains would block the server.
+        self.log = self.config.replace(".toml", ".log")
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hubd", "serve", "--config", self.config],
+                stderr=log,
+                cwd=ROOT,
+            )
         deadline = time.monotonic() + 20
         self.port = 0
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if m := READY.search(line):
-                self.port = int(m[1])
-                break
-            if not line and self.proc.poll() is not None:
-                break
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open(self.log) as log:
+                if m := READY.search(log.read()):
+                    self.port = int(m[1])
+                    break
+            time.sleep(0.05)
         if not self.port:
             self.stop()
-            raise RuntimeError("hubd did not start")
-        # hubd logs at warning level from here on; nothing else needs reading.
+            raise RuntimeError(f"hubd did not start; see {self.log}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -89,6 +88,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         os.unlink(self.config)
+        os.unlink(self.log)
 
 
 def run_load(scenarios: list[str], reps: int) -> list[dict[str, Any]]:
