@@ -1,5 +1,5 @@
-"""The ASGI application hubd serves: WebSockets go to the lean subscribe handler, every
-other scope to the Quart-Trio app."""
+"""The ASGI application hubd serves: WebSockets go to the lean subscribe handler,
+`POST /v1/events` to the lean publish handler, every other scope to the Quart-Trio app."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import trio
 
 from hubd.web.context import WebContext
 from hubd.web.http import create_http_app
+from hubd.web.publish_route import handle_publish, is_publish
 from hubd.web.ws import handle_websocket
 
 
@@ -31,6 +32,9 @@ class HubdApp:
                 with trio.CancelScope(shield=True):
                     await send(message)
 
-            await self.http(scope, receive, shielded_send)
+            if is_publish(scope):
+                await handle_publish(self.ctx, scope, receive, shielded_send)
+            else:
+                await self.http(scope, receive, shielded_send)
         else:
             await self.http(scope, receive, send)

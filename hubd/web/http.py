@@ -65,6 +65,9 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.hub.max_publish_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
 
+    # `HubdApp` serves POST /v1/events itself (web/publish_route.py); the rule stays here so
+    # that other methods get Quart's 405 with the allowed method, and so that this app on
+    # its own (without HubdApp in front) still publishes.
     async def publish() -> Response:
         principal = ctx.authenticate(_headers(), request.args.get("access_token"))
         payload = await _body(ctx.settings.hub.max_publish_bytes)

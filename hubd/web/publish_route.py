@@ -1,0 +1,86 @@
+"""`POST /v1/events` as a lean ASGI handler.
+
+Publishing is the hottest HTTP route: with single-event publishes its per-request cost is
+part of every event's latency. Quart's request machinery (request context, signals, a
+per-request nursery) cost about as much as everything else in a publish, so this one route
+is served below the Quart-Trio app, like the subscribe socket; every other route stays in
+Quart. Same rules, same JSON answers, same order of checks: credentials (401), body size
+(413, with `Connection: close` since the body is left unread), then `publish_request`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from hubd.core.errors import HubError
+from hubd.core.publishing import publish_request
+from hubd.web.context import WebContext
+from hubd.web.errors import error_body, json_bytes
+
+log = logging.getLogger("hubd.http")
+
+PUBLISH_PATHS = frozenset({"/v1/events", "/api/v1/events"})
+
+
+def is_publish(scope: Any) -> bool:
+    return scope["method"] == "POST" and scope["path"] in PUBLISH_PATHS
+
+
+def _too_large(size: str, limit: int) -> HubError:
+    return HubError(
+        413,
+        "payload_too_large",
+        f"the request body is {size} bytes; the limit is {limit} bytes (hub.max_publish_bytes)",
+    )
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None if the client went away. 413 past `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"more than {limit}", limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _respond(send: Any, status: int, body: bytes, *, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -> None:
+    """Serve one `POST /v1/events` request."""
+    limit = ctx.settings.hub.max_publish_bytes
+    try:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = query.get("access_token", [None])[-1]
+        principal = ctx.authenticate(headers, token)
+        length = headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            raise _too_large(length.strip(), limit)
+        payload = await _read_body(receive, limit)
+        if payload is None:
+            return  # the client is gone: nothing was published
+        result = publish_request(ctx.hub, principal, payload)
+        await _respond(send, 202, json_bytes(result.response()))
+    except HubError as exc:
+        await _respond(send, exc.status, error_body(exc.code, exc.message), close=exc.status == 413)
+    except Exception:
+        log.exception("unexpected error on POST %s", scope["path"])
+        await _respond(
+            send, 500, error_body("internal_error", "the server failed to handle this request")
+        )
