@@ -30,6 +30,11 @@ CLOSE_IDLE = 4408
 # How long a closing connection may spend flushing its queue, and then its close frame.
 CLOSE_GRACE = 2.0
 
+# What Session.deliver did with a frame.
+REFUSED = 0
+QUEUED = 1
+WRITTEN = 2
+
 CONFIRMATION_MESSAGE = "WebSocket connection established subscribed to global by default"
 
 
@@ -58,7 +63,6 @@ class Session:
     direct: Callable[[bytes], int] | None = None
     # True while the writer task holds frames it took from the mailbox.
     writing: bool = False
-    latency: LatencyHistogram | None = None
 
     def request_close(self, code: int, reason: str) -> None:
         """Ask the connection to close with `code`; the first request wins.
@@ -72,12 +76,15 @@ class Session:
         if self.scope is not None:
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE)
 
-    def deliver(self, frame: Frame, direct: bool = False) -> bool:
+    def deliver(self, frame: Frame, direct: bool = False) -> int:
         """Hand a frame to this client. With `direct`, it is written at once when nothing
         is queued or being written and the socket takes it (no task switch); otherwise it
-        is queued for the writer, which joins everything queued into one write. Returns
-        False when it was not accepted; when that overflowed a `disconnect` queue, the
-        connection is asked to close with 1013."""
+        is queued for the writer, which joins everything queued into one write.
+
+        Returns WRITTEN, QUEUED or REFUSED (0, falsy); when refusing overflowed a
+        `disconnect` queue, the connection is asked to close with 1013. A frame WRITTEN
+        here is not recorded in the latency histogram: the caller does that, once for all
+        the connections it wrote to."""
         mailbox = self.mailbox
         if (
             direct
@@ -91,14 +98,12 @@ class Session:
             if written:
                 if written < len(wire):  # the rest goes first, through the writer
                     mailbox.put_head(Frame.wire_bytes(wire[written:]))
-                if frame.queued_at is not None and self.latency is not None:
-                    self.latency.observe(trio.current_time() - frame.queued_at)
-                return True
+                return WRITTEN
         if mailbox.put(frame):
-            return True
+            return QUEUED
         if mailbox.overflowed and self.close_code is None:
             self.request_close(CLOSE_TRY_AGAIN_LATER, "slow consumer: queue overflow")
-        return False
+        return REFUSED
 
     def reply(self, envelope: Envelope) -> None:
         """Queue a frame for this client only (subject to the same overflow policy)."""
@@ -190,7 +195,6 @@ class Hub:
             mailbox=Mailbox(self.settings.queue_size, Overflow(self.settings.slow_consumer)),
             connected_at=utc_timestamp(),
             batch=batch,
-            latency=self.latency,
         )
         body: dict[str, object] = {
             "client_id": session.client_id,
@@ -291,10 +295,17 @@ class Hub:
             receivers: Iterable[Session] = (target,)
         else:
             receivers = self._subscribers[channel]
-        accepted = 0
+        accepted = written = 0
         for session in receivers:
-            if session.deliver(frame, direct):
+            outcome = session.deliver(frame, direct)
+            if outcome:
                 accepted += 1
+                if outcome == WRITTEN:
+                    written += 1
+        if written and frame.queued_at is not None:
+            # One clock read for every connection written to here: they were all written
+            # within this call.
+            self.latency.observe_many(trio.current_time() - frame.queued_at, written)
         self.delivered[channel] += accepted
         return accepted
 
