@@ -106,8 +106,9 @@ class Session:
         return REFUSED
 
     def reply(self, envelope: Envelope) -> None:
-        """Queue a frame for this client only (subject to the same overflow policy)."""
-        self.deliver(Frame(encode_bytes(envelope)))
+        """Send a frame to this client only: written at once when the connection is idle
+        (a pong needs no writer wake-up), else queued under the same overflow policy."""
+        self.deliver(Frame(encode_bytes(envelope)), direct=True)
 
 
 @dataclass(frozen=True, slots=True)
