@@ -278,9 +278,6 @@ class Hub:
 
     # -- events ------------------------------------------------------------------------
 
-    def subscribers(self, channel: str) -> Iterable[Session]:
-        return self._subscribers[channel].keys()
-
     def publish(
         self, channel: str, frame: Frame, target: Session | None = None, *, direct: bool = False
     ) -> int:
