@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from hubd.core.errors import HubError
+
 _encoder = msgspec.json.Encoder()
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -15,3 +17,12 @@ def error_body(code: str, message: str) -> bytes:
 
 def json_bytes(value: object) -> bytes:
     return _encoder.encode(value)
+
+
+def payload_too_large(size: object, limit: int) -> HubError:
+    """413 for a request body over `hub.max_publish_bytes`."""
+    return HubError(
+        413,
+        "payload_too_large",
+        f"the request body is {size} bytes; the limit is {limit} bytes (hub.max_publish_bytes)",
+    )

@@ -71,7 +71,7 @@ class HypercornTransport(AsgiTransport):
     common case): no task switch and no Hypercorn machinery per write. What the kernel
     does not take at once is sent, still under Hypercorn's send lock, by `send_all`."""
 
-    __slots__ = ("_fd", "_lock", "_sock_stream", "_stream")
+    __slots__ = ("_fd", "_lock", "_sock_stream", "_stream", "_stream_send")
 
     def __init__(self, receive: Any, send: Any, stream: Any) -> None:
         super().__init__(receive, send)
@@ -90,7 +90,7 @@ class HypercornTransport(AsgiTransport):
         if self._lock is None:
             return
         session.direct = self.try_write
-        original = self._stream.send
+        original = self._stream_send
 
         async def send(event: Any) -> None:
             if isinstance(event, Data) and (session.mailbox or session.writing):

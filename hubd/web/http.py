@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from hubd.core.errors import HubError
 from hubd.core.publishing import publish_request
 from hubd.web.context import WebContext
-from hubd.web.errors import error_body, json_bytes
+from hubd.web.errors import error_body, json_bytes, payload_too_large
 
 log = logging.getLogger("hubd.http")
 
@@ -48,12 +48,7 @@ def _headers() -> dict[str, str]:
 async def _body(limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
-        raise HubError(
-            413,
-            "payload_too_large",
-            f"the request body is {length} bytes; the limit is {limit} bytes "
-            "(hub.max_publish_bytes)",
-        )
+        raise payload_too_large(length, limit)
     request.body_timeout = 30
     data = await request.get_data(cache=False, as_text=False)
     return data if isinstance(data, bytes) else data.encode()

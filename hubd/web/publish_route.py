@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import parse_qs
 
 from hubd.core.errors import HubError
 from hubd.core.publishing import publish_request
 from hubd.web.context import WebContext
-from hubd.web.errors import error_body, json_bytes
+from hubd.web.errors import error_body, json_bytes, payload_too_large
+from hubd.web.scope import headers as scope_headers
+from hubd.web.scope import query as scope_query
 
 log = logging.getLogger("hubd.http")
 
@@ -26,14 +27,6 @@ PUBLISH_PATHS = frozenset({"/v1/events", "/api/v1/events"})
 
 def is_publish(scope: Any) -> bool:
     return scope["method"] == "POST" and scope["path"] in PUBLISH_PATHS
-
-
-def _too_large(size: str, limit: int) -> HubError:
-    return HubError(
-        413,
-        "payload_too_large",
-        f"the request body is {size} bytes; the limit is {limit} bytes (hub.max_publish_bytes)",
-    )
 
 
 async def _read_body(receive: Any, limit: int) -> bytes | None:
@@ -47,7 +40,7 @@ async def _read_body(receive: Any, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(f"more than {limit}", limit)
+            raise payload_too_large(f"more than {limit}", limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -65,13 +58,11 @@ async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -
     """Serve one `POST /v1/events` request."""
     limit = ctx.settings.hub.max_publish_bytes
     try:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        token = query.get("access_token", [None])[-1]
-        principal = ctx.authenticate(headers, token)
+        headers = scope_headers(scope)
+        principal = ctx.authenticate(headers, scope_query(scope).get("access_token"))
         length = headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise _too_large(length.strip(), limit)
+            raise payload_too_large(length.strip(), limit)
         payload = await _read_body(receive, limit)
         if payload is None:
             return  # the client is gone: nothing was published

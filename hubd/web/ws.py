@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import parse_qs
 
 from hubd.core.clientip import resolve_client_ip
 from hubd.core.errors import HubError
@@ -21,6 +20,8 @@ from hubd.web.asgi_transport import AsgiTransport
 from hubd.web.context import WebContext
 from hubd.web.errors import JSON_HEADERS, error_body
 from hubd.web.fastpath import HypercornTransport, hypercorn_stream, refuse_compression
+from hubd.web.scope import headers as scope_headers
+from hubd.web.scope import query as scope_query
 
 log = logging.getLogger("hubd.connections")
 
@@ -30,22 +31,13 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-def _query(scope: Scope) -> dict[str, str]:
-    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    return {k: v[-1] for k, v in parsed.items()}
-
-
 def _admit(ctx: WebContext, scope: Scope) -> tuple[str, Session | HubError]:
     """Resolve the client IP, authenticate and admit, from the handshake request.
 
     A plain function so that the parsed headers and query die with it instead of living
     as long as the connection (they were a measurable part of each idle connection)."""
-    headers = _headers(scope)
-    query = _query(scope)
+    headers = scope_headers(scope)
+    query = scope_query(scope)
     client = scope.get("client")
     ip = resolve_client_ip(
         client[0] if client else None,
