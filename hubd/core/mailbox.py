@@ -1,7 +1,9 @@
 """A bounded per-connection queue of encoded frames with a named overflow policy.
 
-The hub puts into it with a plain, never-blocking `put`; the connection's writer task
-awaits `get_batch`. When the queue is full the policy decides:
+The hub puts into it with a plain, never-blocking `put`; whoever writes takes frames with
+`take`. Nothing waits on it: the `on_ready` hook tells the connection that frames (or a
+close) arrived, so an idle connection needs no parked writer task. When the queue is full
+the policy decides:
 
 - `drop_oldest`: the oldest queued frame is discarded and counted; the writer later tells
   the client how many it missed.
@@ -12,12 +14,9 @@ awaits `get_batch`. When the queue is full the policy decides:
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-
-import trio
-from trio.lowlevel import ParkingLot
 
 T = TypeVar("T")
 
@@ -42,11 +41,11 @@ class Mailbox(Generic[T]):
     __slots__ = (
         "_head",
         "_items",
-        "_lot",
         "capacity",
         "closed",
         "dropped_total",
         "dropped_unreported",
+        "on_ready",
         "overflowed",
         "policy",
     )
@@ -54,11 +53,15 @@ class Mailbox(Generic[T]):
     def __init__(self, capacity: int, policy: Overflow) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self._items: deque[T] = deque()
+        # A list, not a deque: an empty deque already holds a 64-slot block (~600 bytes)
+        # and most connections are idle with nothing queued. `take` hands the whole list
+        # over in the common case; only overflow pays for removing from the front.
+        self._items: list[T] = []
         # One item that must go out before everything else and is never dropped: the
         # rest of a frame the socket took only in part.
         self._head: T | None = None
-        self._lot = ParkingLot()
+        # Called after a frame is queued or the mailbox is closed (not on a refused put).
+        self.on_ready: Callable[[], None] | None = None
         self.capacity = capacity
         self.policy = policy
         self.dropped_total = 0
@@ -76,8 +79,8 @@ class Mailbox(Generic[T]):
         if self._head is not None:
             raise RuntimeError("the mailbox already holds a head item")
         self._head = item
-        if self._lot:
-            self._lot.unpark()
+        if self.on_ready is not None:
+            self.on_ready()
 
     def put(self, frame: T) -> bool:
         """Queue a frame without blocking.
@@ -91,7 +94,7 @@ class Mailbox(Generic[T]):
         items = self._items
         if len(items) >= self.capacity:
             if self.policy is Overflow.DROP_OLDEST:
-                items.popleft()
+                del items[0]
                 self.dropped_total += 1
                 self.dropped_unreported += 1
             else:
@@ -101,14 +104,17 @@ class Mailbox(Generic[T]):
                 self.close()
                 return False
         items.append(frame)
-        if self._lot:
-            self._lot.unpark()
+        if self.on_ready is not None:
+            self.on_ready()
         return True
 
     def close(self) -> None:
-        """Refuse further puts. What is queued can still be taken; then `get_batch` returns []."""
+        """Refuse further puts. What is queued can still be taken; then `take` returns []."""
+        if self.closed:
+            return
         self.closed = True
-        self._lot.unpark_all()
+        if self.on_ready is not None:
+            self.on_ready()
 
     def discard(self) -> int:
         """Drop everything queued (counted) and return how many frames that was."""
@@ -118,32 +124,19 @@ class Mailbox(Generic[T]):
         self._head = None  # the connection is gone: the rest of a frame goes nowhere
         return n
 
-    async def get_batch(self, max_items: int) -> list[T]:
-        """Wait for at least one frame and take up to `max_items`, oldest first.
+    def take(self, max_items: int) -> list[T]:
+        """Take up to `max_items` frames, oldest first (the head item, if any, alone).
 
-        Returns [] only once the mailbox is closed and empty."""
-        await trio.lowlevel.checkpoint_if_cancelled()
+        Returns [] when nothing is queued; `closed` then tells whether more can come."""
         if self._head is not None:
             head, self._head = self._head, None
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return [head]
         items = self._items
-        if items:
-            # Frames are waiting: still let other tasks run once, so a busy connection
-            # cannot starve the rest (this is the writer's one scheduling point per write).
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        while not items:
-            if self.closed:
-                return []
-            await self._lot.park()
-            if self._head is not None:
-                head, self._head = self._head, None
-                return [head]
         if len(items) <= max_items:
-            batch = list(items)
-            items.clear()
-        else:
-            batch = [items.popleft() for _ in range(max_items)]
+            self._items = []
+            return items
+        batch = items[:max_items]
+        del items[:max_items]
         return batch
 
     def take_unreported_drops(self) -> int:

@@ -1,8 +1,10 @@
-"""Serving one subscriber connection: a nursery with a reader and a writer task, inside a
-cancel scope whose deadline is the heartbeat deadline.
+"""Serving one subscriber connection: a nursery with a reader and, while there is
+something queued, a writer task.
 
 - The writer takes frames from the session's mailbox and writes them; it is the only task
-  that sends, so frames never interleave. It ends when the mailbox is closed and drained.
+  that sends queued frames, so they never interleave. It is started when frames are
+  queued and ends when the mailbox is empty (an idle connection holds no writer task), or
+  when the mailbox is closed and drained.
 - The reader handles client frames (ping, client-id, errors) inside a cancel scope whose
   deadline is the heartbeat deadline, moved on every frame. It ends when the client
   closes, sends a frame that is too large (1009) or the deadline passes (4408).
@@ -48,26 +50,58 @@ async def serve_session(
 
     The session must come from `hub.admit`; this always unregisters it, however it ends."""
     settings = hub.settings
+    mailbox = session.mailbox
     try:
         async with trio.open_nursery() as nursery:
             session.scope = nursery.cancel_scope
             if session.close_code is not None:  # asked to close before it was served
                 nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE
-            nursery.start_soon(_writer, hub, session, transport, nursery.cancel_scope)
+            running = False
+            first = True
+
+            def wake() -> None:
+                # A writer task runs only while there is something to write: most frames
+                # are written directly (see Session.deliver), and an idle connection
+                # should not hold a parked task.
+                nonlocal running, first
+                if not running:
+                    running = True
+                    nursery.start_soon(writer, first)
+                    first = False
+
+            async def writer(first: bool) -> None:
+                nonlocal running
+                try:
+                    await _writer(hub, session, transport, nursery.cancel_scope, first)
+                finally:
+                    running = False
+
+            mailbox.on_ready = wake
+            if mailbox or mailbox.closed:  # the confirmation, or a close already asked
+                wake()
             task_status.started()
-            with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
-                await _reader(hub, session, transport, idle, settings.idle_timeout)
-            if idle.cancelled_caught:
-                session.request_close(CLOSE_IDLE, "idle timeout")
-            if session.peer_closed:
-                nursery.cancel_scope.cancel()
-            # Otherwise a close was requested: the writer flushes what is already queued,
-            # then ends the nursery, so nothing accepted for this client is dropped.
+            try:
+                with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
+                    await _reader(hub, session, transport, idle, settings.idle_timeout)
+                if idle.cancelled_caught:
+                    session.request_close(CLOSE_IDLE, "idle timeout")
+                if session.peer_closed:
+                    nursery.cancel_scope.cancel()
+                # Otherwise a close was requested: the writer flushes what is already
+                # queued, then ends the nursery, so nothing accepted for this client is
+                # dropped.
+            except BaseException:
+                mailbox.on_ready = None
+                raise
+        # Nothing may start a writer in a closed nursery; what still arrives is
+        # discarded (and counted) by unregister.
+        mailbox.on_ready = None
         if session.close_code is not None and not session.peer_closed:
             with trio.move_on_after(CLOSE_GRACE) as scope:
                 scope.shield = True
                 await transport.close(session.close_code, session.close_reason)
     finally:
+        mailbox.on_ready = None
         hub.unregister(session)
         log.info(
             "closed client_id=%s ip=%s principal=%s code=%s reason=%r dropped=%d",
@@ -76,25 +110,29 @@ async def serve_session(
             session.principal.name,
             session.close_code if session.close_code is not None else "-",
             session.close_reason,
-            session.mailbox.dropped_total,
+            mailbox.dropped_total,
         )
 
 
 async def _writer(
-    hub: Hub, session: Session, transport: Transport, scope: trio.CancelScope
+    hub: Hub, session: Session, transport: Transport, scope: trio.CancelScope, first: bool
 ) -> None:
+    """Write what is queued, joined into as few writes as possible, until the mailbox is
+    empty (then return: the next put starts a writer again) or closed and drained (then
+    end the connection's nursery, so the close frame follows)."""
     mailbox = session.mailbox
     latency = hub.latency
     batch_mode = session.batch
     take = hub.settings.batch_max if batch_mode else WRITE_BATCH
-    first = True
     try:
         while True:
             # The confirmation is always a frame of its own, even in batch mode.
-            frames = await mailbox.get_batch(1 if first else take)
+            frames = mailbox.take(1 if first else take)
             first = False
             if not frames:
-                break  # closed and drained
+                if mailbox.closed:
+                    break  # closed and drained
+                return
             # While the writer holds frames, new ones queue behind them (no direct write).
             session.writing = True
             await transport.send_frames(_joined(frames) if batch_mode else frames)
@@ -106,6 +144,10 @@ async def _writer(
                     [_notice(session, "events_dropped", {"dropped": dropped})]
                 )
             session.writing = False
+            if mailbox:
+                # More frames came while writing: let other tasks run once first, so a
+                # busy connection cannot starve the rest and more can join the next write.
+                await trio.lowlevel.cancel_shielded_checkpoint()
     except TransportClosed:
         session.peer_closed = True
     finally:

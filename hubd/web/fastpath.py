@@ -143,7 +143,7 @@ class HypercornTransport(AsgiTransport):
                 raise TransportClosed("peer went away") from None
             finally:
                 lock.release()
-            # No scheduling round here: the writer's next get_batch parks or yields.
+            # No scheduling round here: the writer yields before its next write, if any.
             await trio.lowlevel.checkpoint_if_cancelled()
         if stream.closed:  # the write found the peer gone
             self._closed = True

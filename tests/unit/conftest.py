@@ -83,7 +83,7 @@ async def queued(session: Session) -> list[dict[str, Any]]:
     n = len(session.mailbox)
     if not n:
         return []
-    return [json.loads(frame.payload) for frame in await session.mailbox.get_batch(n)]
+    return [json.loads(frame.payload) for frame in session.mailbox.take(n)]
 
 
 def publish_body(*events: dict[str, Any], batch: bool = False) -> bytes:

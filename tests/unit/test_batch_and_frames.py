@@ -122,10 +122,10 @@ async def test_publish_hands_the_same_frame_to_every_subscriber() -> None:
     hub = make_hub()
     sessions = [admit(hub, SUBSCRIBER, "pdfm") for _ in range(3)]
     for s in sessions:
-        await s.mailbox.get_batch(1)  # the confirmation
+        s.mailbox.take(1)  # the confirmation
     frame = Frame(envelope_bytes())
     assert hub.publish("pdfm", frame) == 3
-    got = [(await s.mailbox.get_batch(10)) for s in sessions]
+    got = [(s.mailbox.take(10)) for s in sessions]
     assert all(batch == [frame] and batch[0] is frame for batch in got)
     # Built once: whoever asks first, everyone gets the very same bytes object.
     wires = [batch[0].wire for batch in got]
@@ -136,12 +136,12 @@ async def test_publish_request_queues_one_frame_object_per_event_for_all() -> No
     hub = make_hub()
     sessions = [admit(hub, SUBSCRIBER, "pdfm") for _ in range(3)]
     for s in sessions:
-        await s.mailbox.get_batch(1)
+        s.mailbox.take(1)
     body = publish_body(
         {"event_type": "pdfm", "message": "A"}, {"event_type": "pdfm", "message": "B"}
     )
     publish_request(hub, PUBLISHER, body)
-    batches = [await s.mailbox.get_batch(10) for s in sessions]
+    batches = [s.mailbox.take(10) for s in sessions]
     for batch in batches:
         assert [json.loads(f.payload)["message"] for f in batch] == ["A", "B"]
     for i in range(2):

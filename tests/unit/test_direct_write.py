@@ -584,7 +584,7 @@ async def _fastpath_fallback(
     transport = HypercornTransport(None, None, stream)
     hub = make_hub()
     session = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")
-    await session.mailbox.get_batch(1)  # the confirmation
+    session.mailbox.take(1)  # the confirmation
     transport.attach(session)
     assert session.direct == transport.try_write
     frame = seq_frame(1)

@@ -239,8 +239,8 @@ async def test_the_same_encoded_frame_is_handed_to_every_subscriber() -> None:
     await queued(b)
     frame = event("pdfm")
     hub.publish("pdfm", frame)
-    (got_a,) = await a.mailbox.get_batch(5)
-    (got_b,) = await b.mailbox.get_batch(5)
+    (got_a,) = a.mailbox.take(5)
+    (got_b,) = b.mailbox.take(5)
     assert got_a is frame and got_b is frame
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import trio
-import trio.testing
 
 from hubd.core.mailbox import Mailbox, MailboxStats, Overflow
 
@@ -29,7 +27,7 @@ def test_overflow_policy_names_match_the_config_values() -> None:
 async def test_bounded_and_fifo() -> None:
     box = filled(3, Overflow.DROP_OLDEST, ["a", "b", "c"])
     assert len(box) == 3
-    assert await box.get_batch(10) == ["a", "b", "c"]
+    assert box.take(10) == ["a", "b", "c"]
     assert len(box) == 0
 
 
@@ -40,7 +38,7 @@ async def test_drop_oldest_discards_the_oldest_and_counts() -> None:
     assert box.dropped_total == 2
     assert box.dropped_unreported == 2
     assert not box.closed and not box.overflowed
-    assert await box.get_batch(10) == ["c", "d", "e"]
+    assert box.take(10) == ["c", "d", "e"]
 
 
 def test_take_unreported_drops_resets_only_the_unreported_count() -> None:
@@ -61,54 +59,58 @@ async def test_disconnect_policy_closes_and_counts_everything_lost() -> None:
     assert len(box) == 0
     assert box.put("d") is False
     assert box.dropped_total == 4
-    assert await box.get_batch(10) == []
+    assert box.take(10) == []
 
 
-async def test_get_batch_respects_max_items_and_order() -> None:
+def test_take_respects_max_items_and_order() -> None:
     box = filled(10, Overflow.DROP_OLDEST, [str(i) for i in range(7)])
-    assert await box.get_batch(3) == ["0", "1", "2"]
-    assert await box.get_batch(3) == ["3", "4", "5"]
-    assert await box.get_batch(3) == ["6"]
+    assert box.take(3) == ["0", "1", "2"]
+    assert box.take(3) == ["3", "4", "5"]
+    assert box.take(3) == ["6"]
+    assert box.take(3) == []
+    assert not box.closed  # empty, but more may come
 
 
-async def test_close_then_drain_then_empty() -> None:
+def test_close_then_drain_then_empty() -> None:
     box = filled(5, Overflow.DROP_OLDEST, ["a", "b"])
     box.close()
     assert box.put("c") is False
     assert box.dropped_total == 1  # a frame refused by a closed mailbox is a drop too
-    assert await box.get_batch(1) == ["a"]
-    assert await box.get_batch(5) == ["b"]
-    assert await box.get_batch(5) == []
-    assert await box.get_batch(5) == []
+    assert box.take(1) == ["a"]
+    assert box.take(5) == ["b"]
+    assert box.take(5) == []
+    assert box.closed
 
 
-async def test_get_batch_waits_for_a_put() -> None:
-    box = Mailbox(5, Overflow.DROP_OLDEST)
-    got: list[str] = []
-
-    async def getter() -> None:
-        got.extend(await box.get_batch(5))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(getter)
-        await trio.testing.wait_all_tasks_blocked()
-        assert got == []
-        box.put("x")
-    assert got == ["x"]
+def test_head_item_goes_first_alone_and_survives_close() -> None:
+    box = filled(5, Overflow.DROP_OLDEST, ["a", "b"])
+    box.put_head("rest")
+    assert len(box) == 3
+    box.close()
+    assert box.take(5) == ["rest"]
+    assert box.take(5) == ["a", "b"]
+    with pytest.raises(RuntimeError):
+        box.put_head("x")
+        box.put_head("y")
 
 
-async def test_close_wakes_a_waiting_getter_with_empty_batch() -> None:
-    box = Mailbox(5, Overflow.DROP_OLDEST)
-    got: list[list[str]] = []
-
-    async def getter() -> None:
-        got.append(await box.get_batch(5))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(getter)
-        await trio.testing.wait_all_tasks_blocked()
-        box.close()
-    assert got == [[]]
+def test_on_ready_fires_for_puts_and_the_first_close_only() -> None:
+    box: Mailbox[str] = Mailbox(2, Overflow.DISCONNECT)
+    calls: list[int] = []
+    box.on_ready = lambda: calls.append(len(box))
+    box.put("a")
+    box.put_head("h")
+    assert calls == [1, 2]
+    box.take(5)
+    box.take(5)
+    box.put("b")
+    box.put("c")
+    assert calls == [1, 2, 1, 2]
+    assert box.put("d") is False  # overflow: cleared and closed, which is announced once
+    assert calls == [1, 2, 1, 2, 0]
+    assert box.put("e") is False  # refused: nothing new to take
+    box.close()
+    assert calls == [1, 2, 1, 2, 0]
 
 
 def test_discard_drops_and_counts() -> None:

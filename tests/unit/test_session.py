@@ -10,6 +10,7 @@ import re
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from trio.testing import MockClock
 
 from hubd.core.frame import Frame
@@ -520,3 +521,40 @@ async def test_reconnect_right_after_close_succeeds(
     second = await connect(nursery, hub, SUBSCRIBER, "health", IP)
     await second.send({**PING, "id": "again"})
     assert (await second.receive())["ref_id"] == "again"
+
+
+# -- the writer task runs only while there is something to write ----------------------------
+
+
+def _writer_tasks() -> int:
+    """How many connection writer tasks exist in this trio run."""
+    count = 0
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        if task.name.endswith("serve_session.<locals>.writer"):
+            count += 1
+        for child in task.child_nurseries:
+            todo.extend(child.child_tasks)
+    return count
+
+
+async def test_an_idle_connection_holds_no_writer_task(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    hub = make_hub()
+    clients = [await connect(nursery, hub, SUBSCRIBER, "pdfm", ip=f"192.0.2.{i}") for i in (1, 2)]
+    await trio.testing.wait_all_tasks_blocked()
+    assert _writer_tasks() == 0
+    # A publish of several events queues them: one writer per connection starts, writes
+    # everything and ends again.
+    hub.publish("pdfm", event("pdfm", "A"))
+    hub.publish("pdfm", event("pdfm", "B"))
+    assert _writer_tasks() == 2
+    for client in clients:
+        assert [(await client.receive())["message"] for _ in "AB"] == ["A", "B"]
+    await trio.testing.wait_all_tasks_blocked()
+    assert _writer_tasks() == 0
+    hub.publish("pdfm", event("pdfm", "C"))
+    for client in clients:
+        assert (await client.receive())["message"] == "C"
