@@ -49,21 +49,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(path: str) -> int:
+    from functools import partial
+
     import trio
 
-    from hubd import service
+    from hubd import sdnotify, service
     from hubd.logs import setup_logging
 
     try:
         settings = load_settings(path)
+        service.check_tls(settings)
     except ConfigError as exc:
         print(f"hubd: {path}: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log.level)
+    handler = setup_logging(settings.log.level, settings.log.format)
     try:
-        sockets = service.open_listeners(settings)
-    except service.ListenError as exc:
+        listeners = service.open_all(settings)
+    except (service.ListenError, sdnotify.ActivationError) as exc:
         print(f"hubd: {exc}", file=sys.stderr)
         return 1
-    trio.run(service.run, settings, path, sockets)
+    trio.run(partial(service.run, settings, path, listeners, log_handler=handler))
     return 0

@@ -1,21 +1,172 @@
-"""Logging set-up: one line per record on stderr."""
+"""Logging: one line per record on stderr, for a terminal, the journal, or a log shipper.
+
+- On a terminal: `2026-11-28T16:56:42.123Z INFO    hubd.connections: connected client_id=…`
+- When stderr is the journal (`$JOURNAL_STREAM` names it): each line starts with its syslog
+  priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug) and carries no timestamp
+  (the journal stamps it), so `journalctl -u hubd -p warning` filters by level.
+- `[log] format = "json"`: one JSON object per line with `ts`, `level`, `logger`, `msg`
+  and, for events logged with `event()`, `event` and each field as its own key.
+
+Records never span lines: newlines inside a message or traceback are written as `\\n`.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
 
-_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+import msgspec
+
+# syslog priorities as journald reads them from a "<N>" line prefix.
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
 
 
-def setup_logging(level: str = "info") -> None:
-    """Send every hubd record to stderr, one line each, at `level` and above."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+def priority(levelno: int) -> int:
+    """The syslog priority of a logging level (levels in between round to the next)."""
+    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= level:
+            return _PRIORITY[level]
+    return 7
+
+
+class Event:
+    """A log message made of an event name and key=value fields, formatted lazily."""
+
+    __slots__ = ("fields", "name")
+
+    def __init__(self, name: str, fields: Mapping[str, object]) -> None:
+        self.name = name
+        self.fields = fields
+
+    def __str__(self) -> str:
+        parts = [self.name]
+        for key, value in self.fields.items():
+            parts.append(f"{key}={_text(value)}")
+        return " ".join(parts)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple, frozenset, set)):
+        return ",".join(str(v) for v in value) or "-"
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return msgspec.json.encode(text).decode()
+    return text
+
+
+def event(logger: logging.Logger, level: int, name: str, **fields: object) -> None:
+    """Log a structured event: text `name k=v ...`, or in JSON `event` and one key per field."""
+    if logger.isEnabledFor(level):
+        logger.log(level, Event(name, fields))
+
+
+def _timestamp(created: float) -> str:
+    t = time.gmtime(created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(created % 1 * 1000):03d}Z"
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class TextFormatter(logging.Formatter):
+    """`<ts> <LEVEL> <logger>: <message>` on one line; under the journal `<N><LEVEL> ...`
+    without the timestamp."""
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message} {self.formatException(record.exc_info)}"
+        line = _one_line(f"{record.levelname:<7} {record.name}: {message}")
+        if self.journal:
+            return f"<{priority(record.levelno)}>{line}"
+        return f"{_timestamp(record.created)} {line}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `<N>` prefixed under the journal."""
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        msg = record.msg
+        if isinstance(msg, Event):
+            out["event"] = msg.name
+            for key, value in msg.fields.items():
+                out.setdefault(key, value)
+        out["msg"] = record.getMessage()
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        line = msgspec.json.encode(out, enc_hook=str).decode()
+        if self.journal:
+            return f"<{priority(record.levelno)}>{line}"
+        return line
+
+
+def stderr_is_journal(
+    stream: TextIO | None = None, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Whether `stream` (stderr) is connected to the journal: `$JOURNAL_STREAM` holds the
+    `device:inode` of the journal's stream socket, which must match the stream's own
+    (a child whose stderr was redirected elsewhere inherits the variable)."""
+    env = os.environ if environ is None else environ
+    value = env.get("JOURNAL_STREAM")
+    if not value:
+        return False
+    stream = sys.stderr if stream is None else stream
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    dev, _, ino = value.partition(":")
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def setup_logging(
+    level: str = "info", fmt: str = "text", *, stream: TextIO | None = None
+) -> logging.Handler:
+    """Send every record to `stream` (stderr), one line each, at `level` and above.
+    Returns the handler (its formatter can be swapped on reload)."""
+    out = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(out)
+    configure(handler, level, fmt, stream=out)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    return handler
+
+
+def configure(
+    handler: logging.Handler, level: str, fmt: str, *, stream: TextIO | None = None
+) -> None:
+    """Apply a level and format to `handler` and the root logger (also used on reload)."""
+    journal = stderr_is_journal(stream)
+    handler.setFormatter(JsonFormatter(journal) if fmt == "json" else TextFormatter(journal))
+    root = logging.getLogger()
     root.setLevel(level.upper())
     # Hypercorn's and Quart's own chatter is only useful when debugging.
     for noisy in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):

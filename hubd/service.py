@@ -1,6 +1,6 @@
-"""The composition root: builds the hub, the authenticator and the web app, serves them
-with Hypercorn's trio worker, and drains on SIGTERM/SIGINT. The only module that wires
-everything together."""
+"""The composition root: builds the hub, the authenticator, metrics and the web app, serves
+them with Hypercorn's trio worker, tells systemd how it is doing, reloads on SIGHUP and
+drains on SIGTERM/SIGINT. The only module that wires everything together."""
 
 from __future__ import annotations
 
@@ -8,17 +8,23 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from hubd import __version__
+from hubd import __version__, reload, sdnotify
 from hubd.core.auth import Authenticator
 from hubd.core.hub import CLOSE_GOING_AWAY, Hub
-from hubd.settings import Settings, parse_listen
+from hubd.logs import configure as configure_logging
+from hubd.logs import event
+from hubd.metrics import Metrics
+from hubd.settings import ConfigError, Settings, load_settings, parse_listen
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext
 
@@ -38,7 +44,7 @@ def open_listeners(settings: Settings) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     # Accepted sockets inherit this: the kernel aborts a connection whose sent data stays
     # unacknowledged this long, which frees a writer parked on a peer that stopped reading.
-    user_timeout_ms = int(max(10.0, settings.hub.idle_timeout) * 1000)
+    user_timeout_ms = _user_timeout_ms(settings)
     try:
         for item in settings.server.listen:
             sockets.append(_listen(item, user_timeout_ms))
@@ -47,6 +53,10 @@ def open_listeners(settings: Settings) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+def _user_timeout_ms(settings: Settings) -> int:
+    return int(max(10.0, settings.hub.idle_timeout) * 1000)
 
 
 def _listen(item: str, user_timeout_ms: int) -> socket.socket:
@@ -71,14 +81,76 @@ def _listen(item: str, user_timeout_ms: int) -> socket.socket:
     return sock
 
 
-def hypercorn_config(settings: Settings, sockets: list[socket.socket]) -> HypercornConfig:
+def check_tls(settings: Settings) -> None:
+    """Load the TLS certificate and key once before serving, so that a bad file fails at
+    start naming the key (`ConfigError`), not deep inside the first handshake."""
+    server = settings.server
+    if server.tls_cert is None or server.tls_key is None:
+        return
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(server, key)
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"server.{key}: cannot read {path!r}: {exc.strerror}") from None
+    try:
+        context.load_cert_chain(server.tls_cert, server.tls_key)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"server.tls_cert / server.tls_key: {server.tls_cert!r} and {server.tls_key!r} are "
+            f"not a PEM certificate chain and its private key ({exc.reason or exc})"
+        ) from None
+
+
+@dataclass
+class Listeners:
+    """Every socket hubd serves, bound (or received from systemd) before anything starts."""
+
+    main: list[socket.socket]
+    metrics: socket.socket | None = None
+    activated: bool = False  # the main sockets came from systemd (LISTEN_FDS)
+
+    def close(self) -> None:
+        for sock in [*self.main, *([self.metrics] if self.metrics else [])]:
+            sock.close()
+
+
+def open_all(settings: Settings) -> Listeners:
+    """The main sockets: passed by systemd socket activation when present, else bound from
+    `server.listen`; plus the metrics socket when `metrics.listen` is set.
+    Raises `ListenError` or `ActivationError` naming the address or descriptor."""
+    activated = sdnotify.listen_fds()
+    main = activated or open_listeners(settings)
+    metrics: socket.socket | None = None
+    if settings.metrics.enabled and settings.metrics.listen is not None:
+        try:
+            metrics = _listen(settings.metrics.listen, _user_timeout_ms(settings))
+        except ListenError:
+            for sock in main:
+                sock.close()
+            raise
+    return Listeners(main, metrics, activated=bool(activated))
+
+
+def hypercorn_config(settings: Settings, listeners: Listeners) -> HypercornConfig:
     """Hypercorn silently accepts misspelled attributes, so it is configured here only,
     attribute by attribute, from validated settings.
 
-    It serves the already-bound `sockets`, each handed over as a duplicate descriptor
-    that Hypercorn owns and closes."""
+    It serves the already-bound sockets, each handed over as a duplicate descriptor
+    that Hypercorn owns and closes. With TLS the main sockets serve https/wss and the
+    metrics socket stays plain HTTP."""
     config = HypercornConfig()
-    config.bind = [f"fd://{os.dup(sock.fileno())}" for sock in sockets]
+    main = [f"fd://{os.dup(sock.fileno())}" for sock in listeners.main]
+    extra = [f"fd://{os.dup(listeners.metrics.fileno())}"] if listeners.metrics else []
+    if settings.server.tls:
+        config.certfile = settings.server.tls_cert
+        config.keyfile = settings.server.tls_key
+        config.bind = main
+        config.insecure_bind = extra
+    else:
+        config.bind = main + extra
     config.backlog = BACKLOG
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -96,15 +168,18 @@ def hypercorn_config(settings: Settings, sockets: list[socket.socket]) -> Hyperc
 async def run(
     settings: Settings,
     config_path: str,
-    sockets: list[socket.socket],
+    listeners: Listeners,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    log_handler: logging.Handler | None = None,
 ) -> None:
-    """Serve `sockets` (from `open_listeners`) until SIGTERM/SIGINT, then drain.
+    """Serve `listeners` (from `open_all`) until SIGTERM/SIGINT, then drain. SIGHUP reloads
+    `config_path`.
 
     Draining refuses new connections and publishes (503), closes every WebSocket with 1001
     after flushing what was queued for it, and returns within `server.shutdown_timeout`;
     a connection whose peer will not take its last frames is cut when that time is up."""
+    notifier = sdnotify.Notifier.from_environ()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         hub = Hub(settings.hub, settings.limits)
         ctx = WebContext(
@@ -113,38 +188,101 @@ async def run(
             auth=Authenticator(settings.auth),
             trusted_proxies=settings.limits.trusted_networks,
         )
+        if settings.metrics.enabled:
+            ctx.metrics = Metrics(hub, ctx.http_counts)
         app = HubdApp(ctx)
         shutdown = trio.Event()
         stop_server = trio.Event()
-        timeout = settings.server.shutdown_timeout
-        log.info(
-            "starting hubd %s config=%s listen=%s",
-            __version__,
-            config_path,
-            ",".join(settings.server.listen),
+        event(
+            log,
+            logging.INFO,
+            "starting",
+            version=__version__,
+            config=config_path,
+            listen=[_address(s) for s in listeners.main],
+            activated=listeners.activated,
+            tls=settings.server.tls,
+            metrics=_address(listeners.metrics) if listeners.metrics else None,
         )
+        reloader = partial(_reload, ctx, config_path, notifier, log_handler)
         async with trio.open_nursery() as outer:
-            outer.start_soon(_watch_signals, signals, shutdown)
+            outer.start_soon(_watch_signals, signals, shutdown, reloader)
             async with trio.open_nursery() as server:
                 binds: list[str] = await server.start(
                     partial(
                         hypercorn_serve,
                         app,
-                        hypercorn_config(settings, sockets),
+                        hypercorn_config(settings, listeners),
                         shutdown_trigger=stop_server.wait,
                     )
                 )
-                for sock in sockets:
-                    sock.close()  # Hypercorn serves its own duplicates
-                log.info("ready listening on %s", " ".join(binds))
+                if listeners.metrics is not None:
+                    host, port = listeners.metrics.getsockname()[:2]
+                    ctx.metrics_address = (host, port)
+                listeners.close()  # Hypercorn serves its own duplicates
+                ctx.ready = True
+                event(log, logging.INFO, "ready", listening=binds)
+                notifier.notify("READY=1", f"STATUS=serving on {' '.join(binds)}")
+                interval = sdnotify.watchdog_interval()
+                if interval is not None:
+                    outer.start_soon(_watchdog, notifier, interval)
                 task_status.started(binds)
                 await shutdown.wait()
+                ctx.ready = False
+                notifier.notify("STOPPING=1", "STATUS=draining")
+                timeout = ctx.settings.server.shutdown_timeout
                 deadline = trio.current_time() + timeout
                 trio.lowlevel.spawn_system_task(_exit_at, deadline, hub)
                 await drain(hub, deadline - _server_grace(timeout))
                 stop_server.set()
             outer.cancel_scope.cancel()
-        log.info("stopped")
+        event(log, logging.INFO, "stopped")
+        notifier.close()
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _watchdog(notifier: sdnotify.Notifier, interval: float) -> None:
+    """WATCHDOG=1 every `interval` seconds. It runs in the event loop with every
+    connection, so a loop that stops scheduling (blocked, stuck) stops the pings and
+    systemd restarts hubd."""
+    while True:
+        notifier.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+def _reload(
+    ctx: WebContext,
+    config_path: str,
+    notifier: sdnotify.Notifier,
+    log_handler: logging.Handler | None,
+) -> None:
+    """Re-read the configuration and apply it; an invalid file changes nothing."""
+    notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    try:
+        new = load_settings(config_path)
+    except ConfigError as exc:
+        log.error("reload rejected, the running configuration stays: %s: %s", config_path, exc)
+        notifier.notify("READY=1", "STATUS=reload rejected: see the log")
+        return
+    report = reload.apply(ctx, new)
+    if log_handler is not None:
+        configure_logging(log_handler, new.log.level, new.log.format)
+    event(
+        log,
+        logging.INFO,
+        "reloaded",
+        config=config_path,
+        credentials=len(new.auth.tokens) + len(new.auth.api_keys),
+        revoked=report.revoked,
+        narrowed=report.narrowed,
+    )
+    for item in report.kept:
+        log.warning("reload: %s", item)
+    notifier.notify("READY=1", "STATUS=serving (configuration reloaded)")
 
 
 def _server_grace(shutdown_timeout: float) -> float:
@@ -152,18 +290,20 @@ def _server_grace(shutdown_timeout: float) -> float:
     return min(1.0, shutdown_timeout / 4)
 
 
-async def _watch_signals(signals: AsyncIterator[int], shutdown: trio.Event) -> None:
+async def _watch_signals(
+    signals: AsyncIterator[int], shutdown: trio.Event, reload_config: Callable[[], None]
+) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
-            log.warning(
-                "SIGHUP ignored: configuration reload is not available in this version; "
-                "restart hubd to apply a new configuration"
-            )
+            if shutdown.is_set():
+                log.info("SIGHUP ignored: draining")
+            else:
+                reload_config()
         elif shutdown.is_set():
             log.info("%s ignored: already draining", name)
         else:
-            log.info("draining after %s", name)
+            event(log, logging.INFO, "draining", signal=name)
             shutdown.set()
 
 

@@ -54,9 +54,18 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
     shutdown_timeout: PositiveFloat = 10.0
+    # PEM files; both set: every listener serves https/wss.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Browser origins allowed to open a WebSocket ("https://ops.example.com", or "*").
+    # Empty: only same-origin browser pages (Origin host = Host) and non-browser clients.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -67,6 +76,25 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                 parse_listen(item)
             except ValueError as exc:
                 raise ValueError(f".listen[{i}]: {exc}") from None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                " must set both 'tls_cert' and 'tls_key' (PEM files) to serve TLS, or neither"
+            )
+        for name in ("tls_cert", "tls_key"):
+            if getattr(self, name) == "":
+                raise ValueError(f".{name} must not be empty")
+        _unique(self.allowed_origins, "allowed_origins")
+        for i, origin in enumerate(self.allowed_origins):
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f".allowed_origins[{i}] is {origin!r}; use an origin like "
+                    "'https://ops.example.com' or 'http://localhost:3000' (scheme://host[:port], "
+                    "no path), or '*' for any"
+                )
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class HubSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -183,6 +211,23 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # "text": one human-readable line per record; "json": one JSON object per line.
+    format: Literal["text", "json"] = "text"
+
+
+class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Serve GET /metrics (Prometheus text format).
+    enabled: bool = True
+    # A separate plain-HTTP address serving /metrics without credentials (keep it private).
+    # Unset: /metrics is served on the main listeners to the admin role only.
+    listen: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen is not None:
+            try:
+                parse_listen(self.listen)
+            except ValueError as exc:
+                raise ValueError(f".listen: {exc}") from None
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -191,6 +236,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
 
     def summary(self) -> str:
         """One line describing what this configuration will run."""
@@ -225,6 +271,11 @@ def _cross_check(settings: Settings) -> None:
         if digest in seen:
             raise ConfigError(f"{path} uses the same secret as {seen[digest]}; secrets must differ")
         seen[digest] = path
+    if settings.metrics.listen is not None and settings.metrics.listen in settings.server.listen:
+        raise ConfigError(
+            f"metrics.listen {settings.metrics.listen!r} is also in server.listen; give metrics "
+            "an address of its own, or leave metrics.listen unset to serve /metrics there"
+        )
 
 
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`(?: - at `(?P<at>[^`]*)`)?$")
@@ -241,7 +292,7 @@ _TYPES = {
 }
 
 
-_SECTIONS = ("[server]", "[hub]", "[limits]", "[auth]", "[log]")
+_SECTIONS = ("[server]", "[hub]", "[limits]", "[auth]", "[log]", "[metrics]")
 
 
 def _dotted(at: str | None) -> str:
@@ -302,6 +353,7 @@ def _allowed(path: str) -> str:
     choices = {
         "hub.slow_consumer": "'drop_oldest', 'disconnect'",
         "log.level": "'debug', 'info', 'warning', 'error'",
+        "log.format": "'text', 'json'",
         "auth.tokens.roles": "'subscriber', 'publisher', 'admin'",
         "auth.api_keys.roles": "'subscriber', 'publisher', 'admin'",
     }.get(leaf)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from hubd.core.errors import HubError
@@ -23,6 +23,8 @@ class Principal:
     roles: frozenset[str]
     channels: frozenset[str] | None
     kind: CredentialKind
+    # sha256 of the secret it authenticated with: how a reload finds the same credential.
+    digest: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def is_admin(self) -> bool:
@@ -52,13 +54,20 @@ class Authenticator:
 
     def __init__(self, settings: AuthSettings) -> None:
         self._tokens = [
-            _Entry(c.digest, _principal(c.name, c.roles, c.channels, "token"))
+            _Entry(c.digest, _principal(c.name, c.roles, c.channels, "token", c.digest))
             for c in settings.tokens
         ]
         self._api_keys = [
-            _Entry(c.digest, _principal(c.name, c.roles, c.channels, "api_key"))
+            _Entry(c.digest, _principal(c.name, c.roles, c.channels, "api_key", c.digest))
             for c in settings.api_keys
         ]
+
+    def find(self, kind: CredentialKind, digest: bytes) -> Principal | None:
+        """The principal now configured for the secret with this sha256 (None if removed)."""
+        for entry in self._tokens if kind == "token" else self._api_keys:
+            if entry.digest == digest:
+                return entry.principal
+        return None
 
     def authenticate(
         self,
@@ -104,11 +113,16 @@ class Authenticator:
 
 
 def _principal(
-    name: str, roles: Iterable[str], channels: Iterable[str] | None, kind: CredentialKind
+    name: str,
+    roles: Iterable[str],
+    channels: Iterable[str] | None,
+    kind: CredentialKind,
+    digest: bytes,
 ) -> Principal:
     return Principal(
         name=name,
         roles=frozenset(roles),
         channels=None if channels is None else frozenset(channels),
         kind=kind,
+        digest=digest,
     )

@@ -9,13 +9,17 @@ class Frame:
     """One JSON text frame. `payload` is the UTF-8 JSON; `text` and `wire` (the WebSocket
     frame bytes) are derived on first use and cached, so every subscriber of an event
     shares the same objects. `queued_at` is the trio time the hub accepted it (None for
-    frames that are not published events, which the latency histogram skips)."""
+    frames that are not published events, which the latency histogram skips). `channel`
+    is the event_type it carries, for counting drops per channel (None: not an event)."""
 
-    __slots__ = ("_text", "_wire", "payload", "queued_at", "raw")
+    __slots__ = ("_text", "_wire", "channel", "payload", "queued_at", "raw")
 
-    def __init__(self, payload: bytes, queued_at: float | None = None) -> None:
+    def __init__(
+        self, payload: bytes, queued_at: float | None = None, channel: str | None = None
+    ) -> None:
         self.payload = payload
         self.queued_at = queued_at
+        self.channel = channel
         self._text: str | None = None
         self._wire: bytes | None = None
         # True for bytes that are already on-the-wire WebSocket data (the rest of a frame

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 
 from hubd.core.auth import Principal
@@ -26,6 +27,7 @@ from hubd.settings import HubSettings, LimitsSettings
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_REVOKED = 4401
 CLOSE_IDLE = 4408
 # How long a closing connection may spend flushing its queue, and then its close frame.
 CLOSE_GRACE = 2.0
@@ -63,6 +65,8 @@ class Session:
     direct: Callable[[bytes], int] | None = None
     # True while the writer task holds frames it took from the mailbox.
     writing: bool = False
+    # trio time of the last frame received from the client (admission counts as one).
+    last_seen: float = 0.0
 
     def request_close(self, code: int, reason: str) -> None:
         """Ask the connection to close with `code`; the first request wins.
@@ -108,7 +112,7 @@ class Session:
     def reply(self, envelope: Envelope) -> None:
         """Send a frame to this client only: written at once when the connection is idle
         (a pong needs no writer wake-up), else queued under the same overflow policy."""
-        self.deliver(Frame(encode_bytes(envelope)), direct=True)
+        self.deliver(Frame(encode_bytes(envelope), channel=envelope.event_type), direct=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,15 @@ class Hub:
         self.started_at = trio.current_time()
         self._empty = trio.Event()
         self._empty.set()
+        # Counters for /metrics and stats: connections accepted, rejected by HTTP status,
+        # closed by close code ("peer" when the client closed or went away), drops by
+        # channel, client frames received and refused.
+        self.accepted = 0
+        self.rejected: Counter[int] = Counter()
+        self.closed: Counter[str] = Counter()
+        self.dropped_by_channel: Counter[str] = Counter()
+        self.frames_in = 0
+        self.frame_errors = 0
 
     # -- connections -------------------------------------------------------------------
 
@@ -196,7 +209,9 @@ class Hub:
             mailbox=Mailbox(self.settings.queue_size, Overflow(self.settings.slow_consumer)),
             connected_at=utc_timestamp(),
             batch=batch,
+            last_seen=trio.current_time(),
         )
+        session.mailbox.on_drop = self._count_drop
         body: dict[str, object] = {
             "client_id": session.client_id,
             "subscriptions": list(subscriptions),
@@ -219,16 +234,25 @@ class Hub:
         self.sessions[session.client_id] = session
         for channel in subscriptions:
             self._subscribers[channel][session] = None
-        if self.limits.one_connection_per_ip:
-            self._by_ip[ip] = session
+        # Kept whatever the limit says, so that turning it on by a reload sees who is here.
+        self._by_ip[ip] = session
+        self.accepted += 1
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         return session
+
+    def _count_drop(self, frame: Frame) -> None:
+        if frame.channel is not None:
+            self.dropped_by_channel[frame.channel] += 1
 
     def unregister(self, session: Session) -> None:
         """Forget a session and release its IP slot at once. Idempotent."""
         if not session.registered:
             return
         session.registered = False
+        if session.close_code is not None:
+            self.closed[str(session.close_code)] += 1
+        else:
+            self.closed["peer"] += 1
         session.mailbox.close()
         session.mailbox.discard()
         self._dropped_ended += session.mailbox.dropped_total
@@ -245,9 +269,13 @@ class Hub:
         """Frames accepted for a subscriber but never written to it, since start."""
         return self._dropped_ended + sum(s.mailbox.dropped_total for s in self.sessions.values())
 
+    def subscriber_counts(self) -> dict[str, int]:
+        """Open connections subscribed to each channel."""
+        return {c: len(s) for c, s in sorted(self._subscribers.items())}
+
     def stats(self) -> dict[str, object]:
         """Totals, per-channel counts, uptime and the delivery-latency histogram."""
-        subscribers = {c: len(s) for c, s in sorted(self._subscribers.items())}
+        subscribers = self.subscriber_counts()
         return {
             "uptime_seconds": round(trio.current_time() - self.started_at, 3),
             "connections": len(self.sessions),
@@ -271,6 +299,57 @@ class Hub:
         """Ask every connection to close (queued frames are flushed first)."""
         for session in list(self.sessions.values()):
             session.request_close(code, reason)
+
+    def reconfigure(self, hub: HubSettings, limits: LimitsSettings) -> list[str]:
+        """Apply new hub and limits settings to the running hub (a reload). Connections
+        stay; queue bounds and policies change for every mailbox, the other values apply
+        from the next frame or connection. Returns what could not be applied (the text
+        names the key), which keeps its old value until a restart."""
+        kept: list[str] = []
+        removed = self.channels - hub.all_channels
+        if removed:
+            kept.append(
+                "hub.channels: removing "
+                + ", ".join(repr(c) for c in sorted(removed))
+                + " needs a restart; the channel list is unchanged"
+            )
+            hub = msgspec.structs.replace(hub, channels=list(self.settings.channels))
+        if hub.compression != self.settings.compression:
+            kept.append("hub.compression: a change needs a restart")
+            hub = msgspec.structs.replace(hub, compression=self.settings.compression)
+        for channel in hub.all_channels - self.channels:
+            self._subscribers[channel] = {}
+        self.channels = hub.all_channels
+        policy = Overflow(hub.slow_consumer)
+        for session in self.sessions.values():
+            session.mailbox.capacity = hub.queue_size
+            session.mailbox.policy = policy
+        self.settings = hub
+        self.limits = limits
+        return kept
+
+    def revoke(self, lookup: Callable[[Principal], Principal | None]) -> tuple[int, int]:
+        """Re-check every connection's credential after a reload. `lookup` returns the
+        principal now configured for a connection's credential, or None if it is gone.
+
+        Gone, or no longer allowed to subscribe: closed with 4401. Still there: the
+        connection takes the new principal, and loses (with an `unsubscribed` notice) the
+        channels its new allow-list no longer admits. Returns (closed, narrowed)."""
+        closed = narrowed = 0
+        for session in list(self.sessions.values()):
+            if session.close_code is not None:
+                continue
+            now = lookup(session.principal)
+            if now is None or not now.can_subscribe:
+                session.request_close(CLOSE_REVOKED, "credentials revoked")
+                closed += 1
+                continue
+            session.principal = now
+            denied = [c for c in session.subscriptions if not now.allows(c)]
+            if denied:
+                self._remove(session, denied)
+                narrowed += 1
+        return closed, narrowed
 
     async def wait_empty(self) -> None:
         """Return once no session is registered."""
@@ -349,24 +428,30 @@ class Hub:
         for channel in requested:
             if channel == GLOBAL or channel not in session.subscriptions:
                 ignored.append(channel)
-                continue
-            session.subscriptions.remove(channel)
-            self._subscribers[channel].pop(session, None)
-            removed.append(channel)
-        if removed:
-            session.reply(
-                Envelope(
-                    id=new_id(),
-                    event_type=GLOBAL,
-                    timestamp=utc_timestamp(),
-                    message="unsubscribed",
-                    body={"unsubscribed": removed, "subscriptions": list(session.subscriptions)},
-                    client_id=session.client_id,
-                )
-            )
+            else:
+                removed.append(channel)
+        self._remove(session, removed)
         return UnsubscribeResult(
             client_id=client_id,
             unsubscribed=removed,
             ignored=ignored,
             subscriptions=list(session.subscriptions),
+        )
+
+    def _remove(self, session: Session, channels: list[str]) -> None:
+        """Take `channels` (subscribed, not global) from a session and tell the client."""
+        if not channels:
+            return
+        for channel in channels:
+            session.subscriptions.remove(channel)
+            self._subscribers[channel].pop(session, None)
+        session.reply(
+            Envelope(
+                id=new_id(),
+                event_type=GLOBAL,
+                timestamp=utc_timestamp(),
+                message="unsubscribed",
+                body={"unsubscribed": channels, "subscriptions": list(session.subscriptions)},
+                client_id=session.client_id,
+            )
         )

@@ -45,6 +45,7 @@ class Mailbox(Generic[T]):
         "closed",
         "dropped_total",
         "dropped_unreported",
+        "on_drop",
         "on_ready",
         "overflowed",
         "policy",
@@ -62,6 +63,8 @@ class Mailbox(Generic[T]):
         self._head: T | None = None
         # Called after a frame is queued or the mailbox is closed (not on a refused put).
         self.on_ready: Callable[[], None] | None = None
+        # Called with every frame refused or discarded (after it is counted).
+        self.on_drop: Callable[[T], None] | None = None
         self.capacity = capacity
         self.policy = policy
         self.dropped_total = 0
@@ -90,17 +93,21 @@ class Mailbox(Generic[T]):
         not queued, or discarded later, counts in `dropped_total`."""
         if self.closed:
             self.dropped_total += 1
+            self._dropped([frame])
             return False
         items = self._items
         if len(items) >= self.capacity:
             if self.policy is Overflow.DROP_OLDEST:
-                del items[0]
+                oldest = items.pop(0)
                 self.dropped_total += 1
                 self.dropped_unreported += 1
+                self._dropped([oldest])
             else:
                 self.overflowed = True
                 self.dropped_total += len(items) + 1
-                items.clear()
+                self._items = []
+                items.append(frame)
+                self._dropped(items)
                 self.close()
                 return False
         items.append(frame)
@@ -118,11 +125,18 @@ class Mailbox(Generic[T]):
 
     def discard(self) -> int:
         """Drop everything queued (counted) and return how many frames that was."""
-        n = len(self._items)
+        items = self._items
+        n = len(items)
         self.dropped_total += n
-        self._items.clear()
+        self._items = []
         self._head = None  # the connection is gone: the rest of a frame goes nowhere
+        self._dropped(items)
         return n
+
+    def _dropped(self, items: list[T]) -> None:
+        if self.on_drop is not None and items:
+            for item in items:
+                self.on_drop(item)
 
     def take(self, max_items: int) -> list[T]:
         """Take up to `max_items` frames, oldest first (the head item, if any, alone).

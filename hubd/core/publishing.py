@@ -177,7 +177,7 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
         )
         hub.publish(
             item.channel,
-            Frame(encode_bytes(envelope), accepted_at),
+            Frame(encode_bytes(envelope), accepted_at, item.channel),
             item.target,
             # A lone event is written at once; a batch is queued so that each
             # connection's writer sends it in one write.

@@ -23,6 +23,7 @@ from hubd.core.frame import Frame
 from hubd.core.hub import CLOSE_GRACE, CLOSE_IDLE, CLOSE_TOO_BIG, Hub, Session
 from hubd.core.latency import LatencyHistogram
 from hubd.core.transport import Transport, TransportClosed
+from hubd.logs import event
 from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
 from hubd.protocol.envelope import (
     Envelope,
@@ -49,7 +50,7 @@ async def serve_session(
     """Run one registered session until it ends, then close the transport and unregister.
 
     The session must come from `hub.admit`; this always unregisters it, however it ends."""
-    settings = hub.settings
+    settings = hub.settings  # idle_timeout and limits are read again per frame (reload)
     mailbox = session.mailbox
     try:
         async with trio.open_nursery() as nursery:
@@ -82,7 +83,7 @@ async def serve_session(
             task_status.started()
             try:
                 with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
-                    await _reader(hub, session, transport, idle, settings.idle_timeout)
+                    await _reader(hub, session, transport, idle)
                 if idle.cancelled_caught:
                     session.request_close(CLOSE_IDLE, "idle timeout")
                 if session.peer_closed:
@@ -103,14 +104,17 @@ async def serve_session(
     finally:
         mailbox.on_ready = None
         hub.unregister(session)
-        log.info(
-            "closed client_id=%s ip=%s principal=%s code=%s reason=%r dropped=%d",
-            session.client_id,
-            session.ip,
-            session.principal.name,
-            session.close_code if session.close_code is not None else "-",
-            session.close_reason,
-            mailbox.dropped_total,
+        event(
+            log,
+            logging.INFO,
+            "closed",
+            client_id=session.client_id,
+            ip=session.ip,
+            principal=session.principal.name,
+            channels=session.subscriptions,
+            code=session.close_code if session.close_code is not None else "peer",
+            reason=session.close_reason or ("client closed" if session.peer_closed else ""),
+            dropped=mailbox.dropped_total,
         )
 
 
@@ -213,16 +217,19 @@ def _notice(session: Session, message: str, body: object) -> Frame:
     )
 
 
-async def _reader(
-    hub: Hub, session: Session, transport: Transport, idle: trio.CancelScope, idle_timeout: float
-) -> None:
-    limit = hub.settings.max_message_bytes
+async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.CancelScope) -> None:
     while True:
         frame = await transport.receive()
         if frame is None:
             session.peer_closed = True
             return
-        idle.deadline = trio.current_time() + idle_timeout
+        # Settings are read per frame so that a reload applies to open connections.
+        settings = hub.settings
+        limit = settings.max_message_bytes
+        now = trio.current_time()
+        idle.deadline = now + settings.idle_timeout
+        session.last_seen = now
+        hub.frames_in += 1
         # len(str) <= its UTF-8 size <= 4 * len(str): encode only when it could matter.
         size = (
             len(frame)
@@ -230,13 +237,16 @@ async def _reader(
             else len(frame.encode())
         )
         if size > limit:
+            hub.frame_errors += 1
             session.request_close(CLOSE_TOO_BIG, f"message too big: {size} bytes, limit {limit}")
             return
-        handle_frame(session, frame)
+        if not handle_frame(session, frame):
+            hub.frame_errors += 1
 
 
-def handle_frame(session: Session, frame: str | bytes) -> None:
-    """Answer one client frame by queueing the reply in the session's mailbox."""
+def handle_frame(session: Session, frame: str | bytes) -> bool:
+    """Answer one client frame by queueing the reply in the session's mailbox. Returns
+    False when the frame was refused (the reply is an error event)."""
     ref_id: str | None = None
     try:
         if isinstance(frame, bytes):
@@ -271,6 +281,8 @@ def handle_frame(session: Session, frame: str | bytes) -> None:
             )
     except FrameError as exc:
         session.reply(_reply(session, GLOBAL, "error", ref_id, {"error": str(exc)}))
+        return False
+    return True
 
 
 def _reply(

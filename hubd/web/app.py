@@ -1,5 +1,6 @@
 """The ASGI application hubd serves: WebSockets go to the lean subscribe handler,
-`POST /v1/events` to the lean publish handler, every other scope to the Quart-Trio app."""
+`POST /v1/events` to the lean publish handler, every other scope to the Quart-Trio app.
+Requests arriving on the metrics listener are answered by the metrics handler only."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 import trio
 
 from hubd.web.context import WebContext
-from hubd.web.http import create_http_app
+from hubd.web.errors import JSON_HEADERS, error_body
+from hubd.web.http import create_http_app, route_of
 from hubd.web.publish_route import handle_publish, is_publish
 from hubd.web.ws import handle_websocket
+
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class HubdApp:
@@ -22,19 +26,50 @@ class HubdApp:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
-        if kind == "websocket":
-            await handle_websocket(self.ctx, scope, receive, send)
+        ctx = self.ctx
+        if kind in ("http", "websocket") and _on_metrics_listener(ctx, scope):
+            await _metrics_listener(ctx, scope, send)
+        elif kind == "websocket":
+            await handle_websocket(ctx, scope, receive, send)
         elif kind == "http":
+            route = route_of(scope["path"])
+
             # Quart-Trio cancels its per-request nursery while Hypercorn may still be inside
             # send() closing the stream; shielding send lets the response (and the
             # Connection: close) complete instead of leaving the socket open.
-            async def shielded_send(message: Any) -> None:
+            async def counted_send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    ctx.http_counts.add(route, message["status"])
                 with trio.CancelScope(shield=True):
                     await send(message)
 
             if is_publish(scope):
-                await handle_publish(self.ctx, scope, receive, shielded_send)
+                await handle_publish(ctx, scope, receive, counted_send)
             else:
-                await self.http(scope, receive, shielded_send)
+                await self.http(scope, receive, counted_send)
         else:
             await self.http(scope, receive, send)
+
+
+def _on_metrics_listener(ctx: WebContext, scope: Any) -> bool:
+    address = ctx.metrics_address
+    server = scope.get("server")
+    return address is not None and server is not None and tuple(server) == address
+
+
+async def _metrics_listener(ctx: WebContext, scope: Any, send: Any) -> None:
+    """The metrics address serves GET /metrics without credentials, and nothing else."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD") and ctx.metrics:
+        status, headers, body = 200, [(b"content-type", METRICS_CONTENT_TYPE)], ctx.metrics.render()
+    else:
+        status, headers = 404, list(JSON_HEADERS)
+        body = error_body(
+            "not_found", f"no endpoint at {scope['path']!r} on the metrics listener; use /metrics"
+        )
+    ctx.http_counts.add("/metrics" if status == 200 else "other", status)
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

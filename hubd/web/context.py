@@ -3,23 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hubd.core.auth import Authenticator, Principal
 from hubd.core.clientip import Network
+from hubd.core.errors import HubError
 from hubd.core.hub import Hub
+from hubd.metrics import HttpCounts, Metrics
 from hubd.settings import Settings
 
 
 @dataclass(slots=True)
 class WebContext:
+    """Shared by every handler. A reload swaps `settings`, `auth` and `trusted_proxies`
+    in place (each handler reads them when a request arrives)."""
+
     settings: Settings
     hub: Hub
     auth: Authenticator
     trusted_proxies: tuple[Network, ...]
+    http_counts: HttpCounts = field(default_factory=HttpCounts)
+    metrics: Metrics | None = None
+    # The (host, port) of the unauthenticated metrics listener, once bound.
+    metrics_address: tuple[str, int] | None = None
+    # False until every listener is serving; /v1/ready answers 503 until then.
+    ready: bool = False
 
     def authenticate(self, headers: Mapping[str, str], access_token: str | None) -> Principal:
         """Authenticate from lower-cased request headers and the access_token query value."""
         return self.auth.authenticate(
             headers.get("authorization"), headers.get("x-api-key"), access_token
         )
+
+    def require_admin(self, headers: Mapping[str, str], access_token: str | None) -> Principal:
+        principal = self.authenticate(headers, access_token)
+        if not principal.is_admin:
+            raise HubError(
+                403, "forbidden", f"principal {principal.name!r} lacks the 'admin' role needed here"
+            )
+        return principal

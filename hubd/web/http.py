@@ -1,16 +1,20 @@
-"""The HTTP routes (publish, unsubscribe) as a Quart-Trio app. Thin: parse, call the core,
-render JSON."""
+"""The HTTP routes (publish, unsubscribe, health, readiness, admin views, metrics) as a
+Quart-Trio app. Thin: parse, call the core, render JSON."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from hubd import __version__
 from hubd.core.errors import HubError
+from hubd.core.hub import Session
 from hubd.core.publishing import publish_request
 from hubd.web.context import WebContext
 from hubd.web.errors import error_body, json_bytes, payload_too_large
@@ -18,6 +22,49 @@ from hubd.web.errors import error_body, json_bytes, payload_too_large
 log = logging.getLogger("hubd.http")
 
 PREFIXES = ("/v1", "/api/v1")
+
+# Paths are labelled by route in the request metrics; anything else is "other", so a
+# scanner cannot blow up the label set.
+ROUTES = frozenset(
+    f"{prefix}{path}"
+    for prefix in PREFIXES
+    for path in (
+        "/events",
+        "/ws/unsubscribe",
+        "/ws/subscribe",
+        "/ws/stats",
+        "/ws/clients",
+        "/health",
+        "/ready",
+    )
+) | {"/metrics"}
+
+
+def route_of(path: str) -> str:
+    return path if path in ROUTES else "other"
+
+
+def _utc(wall: float) -> str:
+    t = time.gmtime(wall)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(wall % 1 * 1_000_000):06d}Z"
+
+
+def client_view(session: Session, now: float, wall: float) -> dict[str, object]:
+    """One connection as `GET /v1/ws/clients` shows it (`now`: trio time, `wall`: epoch)."""
+    stats = session.mailbox.statistics()
+    return {
+        "client_id": session.client_id,
+        "principal": session.principal.name,
+        "ip": session.ip,
+        "connected_at": session.connected_at,
+        "last_seen": _utc(wall - (now - session.last_seen)),
+        "subscriptions": list(session.subscriptions),
+        "batch": session.batch,
+        "queue_depth": stats.depth,
+        "queue_capacity": stats.capacity,
+        "dropped": stats.dropped_total,
+        "closing": session.close_code is not None,
+    }
 
 
 class UnsubscribeRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,12 +147,48 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
         )
 
     async def stats() -> Response:
-        principal = ctx.authenticate(_headers(), request.args.get("access_token"))
-        if not principal.is_admin:
-            raise HubError(
-                403, "forbidden", f"principal {principal.name!r} lacks the 'admin' role needed here"
-            )
+        ctx.require_admin(_headers(), request.args.get("access_token"))
         return _json(200, ctx.hub.stats())
+
+    async def clients() -> Response:
+        ctx.require_admin(_headers(), request.args.get("access_token"))
+        now, wall = trio.current_time(), time.time()
+        sessions = sorted(ctx.hub.sessions.values(), key=lambda s: s.connected_at)
+        return _json(
+            200,
+            {
+                "count": len(sessions),
+                "clients": [client_view(s, now, wall) for s in sessions],
+            },
+        )
+
+    async def health() -> Response:
+        # Liveness: answering at all is the signal. No credentials needed.
+        return _json(
+            200,
+            {
+                "status": "ok",
+                "version": __version__,
+                "uptime_seconds": round(trio.current_time() - ctx.hub.started_at, 3),
+            },
+        )
+
+    async def ready() -> Response:
+        if ctx.hub.draining:
+            return _error(503, "not_ready", "the server is draining (shutting down)")
+        if not ctx.ready:
+            return _error(503, "not_ready", "the server is starting")
+        return _json(200, {"status": "ready"})
+
+    async def metrics() -> Response:
+        if ctx.metrics is None:
+            raise HubError(404, "not_found", "metrics are disabled (metrics.enabled = false)")
+        ctx.require_admin(_headers(), request.args.get("access_token"))
+        return Response(
+            ctx.metrics.render(),
+            status=200,
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+        )
 
     async def subscribe_over_http() -> Response:
         return _error(
@@ -125,6 +208,10 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             f"{prefix}/ws/subscribe", f"subscribe_{tag}", subscribe_over_http, methods=["GET"]
         )
         app.add_url_rule(f"{prefix}/ws/stats", f"stats_{tag}", stats, methods=["GET"])
+        app.add_url_rule(f"{prefix}/ws/clients", f"clients_{tag}", clients, methods=["GET"])
+        app.add_url_rule(f"{prefix}/health", f"health_{tag}", health, methods=["GET"])
+        app.add_url_rule(f"{prefix}/ready", f"ready_{tag}", ready, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 
     @app.errorhandler(HubError)
     async def on_hub_error(exc: HubError) -> Response:

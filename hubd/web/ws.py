@@ -16,6 +16,7 @@ from hubd.core.errors import HubError
 from hubd.core.hub import Session
 from hubd.core.session import serve_session
 from hubd.core.transport import Transport
+from hubd.logs import event
 from hubd.web.asgi_transport import AsgiTransport
 from hubd.web.context import WebContext
 from hubd.web.errors import JSON_HEADERS, error_body
@@ -31,8 +32,31 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
+def check_origin(origin: str | None, host: str | None, allowed: list[str]) -> None:
+    """Refuse (403) a browser page from an origin not allowed to connect.
+
+    No Origin header: not a browser, allowed (credentials still apply). `allowed` empty:
+    only same-origin pages (the Origin's host:port is the Host header). Otherwise only the
+    listed origins, or any with "*". This stops another site's page from using a
+    browser's credentials (cookies, a token in the URL) to open a socket."""
+    if origin is None or "*" in allowed:
+        return
+    normalized = origin.strip().rstrip("/").lower()
+    if allowed:
+        if normalized in (a.lower() for a in allowed):
+            return
+        permitted = "the origins in server.allowed_origins: " + ", ".join(allowed)
+    else:
+        if host is not None and normalized.partition("://")[2] == host.strip().lower():
+            return
+        permitted = "same-origin pages only (server.allowed_origins is empty)"
+    raise HubError(
+        403, "forbidden_origin", f"Origin {origin!r} is not allowed; allowed are {permitted}"
+    )
+
+
 def _admit(ctx: WebContext, scope: Scope) -> tuple[str, Session | HubError]:
-    """Resolve the client IP, authenticate and admit, from the handshake request.
+    """Check the Origin, resolve the client IP, authenticate and admit, from the handshake.
 
     A plain function so that the parsed headers and query die with it instead of living
     as long as the connection (they were a measurable part of each idle connection)."""
@@ -46,6 +70,9 @@ def _admit(ctx: WebContext, scope: Scope) -> tuple[str, Session | HubError]:
         ctx.trusted_proxies,
     )
     try:
+        check_origin(
+            headers.get("origin"), headers.get("host"), ctx.settings.server.allowed_origins
+        )
         principal = ctx.authenticate(headers, query.get("access_token"))
         batch = _flag(query, "batch")
         return ip, ctx.hub.admit(principal, ip, query.get("event_types"), batch=batch)
@@ -80,6 +107,7 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
     if message["type"] != "websocket.connect":
         return
     if scope["path"] not in SUBSCRIBE_PATHS:
+        ctx.hub.rejected[404] += 1
         await reject(
             send,
             404,
@@ -89,17 +117,29 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
         return
     ip, outcome = _admit(ctx, scope)
     if isinstance(outcome, HubError):
-        log.info("rejected ip=%s status=%d error=%s", ip, outcome.status, outcome.code)
+        ctx.hub.rejected[outcome.status] += 1
+        event(
+            log,
+            logging.INFO,
+            "rejected",
+            ip=ip,
+            status=outcome.status,
+            error=outcome.code,
+            message=outcome.message,
+        )
         await reject(send, outcome.status, outcome.code, outcome.message)
         return
     session = outcome
     try:
-        log.info(
-            "connected client_id=%s ip=%s principal=%s channels=%s",
-            session.client_id,
-            ip,
-            session.principal.name,
-            ",".join(session.subscriptions),
+        event(
+            log,
+            logging.INFO,
+            "connected",
+            client_id=session.client_id,
+            ip=ip,
+            principal=session.principal.name,
+            channels=session.subscriptions,
+            batch=session.batch,
         )
         stream = hypercorn_stream(send)
         transport: Transport

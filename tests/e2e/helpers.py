@@ -40,9 +40,9 @@ STOP_TIMEOUT = 15.0
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-# "ready listening on http://127.0.0.1:41234 http://[::1]:41235"
+# "ready listening=http://127.0.0.1:41234,http://[::1]:41235"
 BIND = re.compile(r"https?://(?:\[([0-9A-Fa-f:.]+)\]|([^\s:/\[\]]+)):(\d+)")
-READY = re.compile(r"ready listening on (.*)")
+READY = re.compile(r"\bready listening=(\S+)")
 
 # Source addresses for clients. 127.77.0.0/16 is a trusted proxy range on the shared server,
 # so ordinary clients never come from it.

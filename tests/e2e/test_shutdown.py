@@ -24,7 +24,7 @@ from .helpers import (
 pytestmark = pytest.mark.e2e
 
 SHUTDOWN_TIMEOUT = 3.0
-DRAINING = re.compile(r"draining after SIG")
+DRAINING = re.compile(r"\bdraining signal=SIG")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

@@ -1,0 +1,162 @@
+"""Prometheus metrics, read from the hub's own counters at scrape time.
+
+Nothing here runs per delivery: the hub keeps plain integers and Counters (as it must for
+its stats anyway) and this collector turns them into metric families when `/metrics` is
+scraped, so metrics cost nothing on the fan-out path.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from hubd import __version__
+from hubd.core.hub import Hub
+from hubd.core.latency import BUCKETS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class HttpCounts:
+    """HTTP requests answered, by route template and status (bounded label values)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, int]] = Counter()
+
+    def add(self, route: str, status: int) -> None:
+        self.counts[(route, status)] += 1
+
+
+class HubCollector(Collector):
+    """Collects every hubd metric from `hub` and `http` when scraped."""
+
+    def __init__(self, hub: Hub, http: HttpCounts) -> None:
+        self.hub = hub
+        self.http = http
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        info = GaugeMetricFamily("hubd_build_info", "hubd version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "hubd_uptime_seconds",
+            "Seconds since the hub started",
+            value=trio.current_time() - hub.started_at,
+        )
+        yield GaugeMetricFamily(
+            "hubd_draining", "1 while the server is shutting down", value=int(hub.draining)
+        )
+
+        yield GaugeMetricFamily(
+            "hubd_connections_open", "Open subscriber connections", value=len(hub.sessions)
+        )
+        by_channel = GaugeMetricFamily(
+            "hubd_channel_subscribers",
+            "Open connections subscribed to each channel",
+            labels=["channel"],
+        )
+        for channel, count in sorted(hub.subscriber_counts().items()):
+            by_channel.add_metric([channel], count)
+        yield by_channel
+
+        yield CounterMetricFamily(
+            "hubd_connections_accepted",
+            "Subscriber connections accepted",
+            value=hub.accepted,
+        )
+        rejected = CounterMetricFamily(
+            "hubd_connections_rejected",
+            "Subscriber connections refused before the upgrade, by HTTP status",
+            labels=["status"],
+        )
+        for status, count in sorted(hub.rejected.items()):
+            rejected.add_metric([str(status)], count)
+        yield rejected
+        closed = CounterMetricFamily(
+            "hubd_connections_closed",
+            "Subscriber connections ended, by close code ('peer': the client closed or left)",
+            labels=["code"],
+        )
+        for code, count in sorted(hub.closed.items()):
+            closed.add_metric([code], count)
+        yield closed
+
+        channels = sorted(hub.channels)
+        for name, help_text, counts in (
+            ("hubd_events_published", "Events accepted for publishing", hub.published),
+            (
+                "hubd_events_delivered",
+                "Events handed to subscribers (per subscriber)",
+                hub.delivered,
+            ),
+            (
+                "hubd_events_dropped",
+                "Frames accepted for a subscriber but never written (overflow, close)",
+                hub.dropped_by_channel,
+            ),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=["channel"])
+            for channel in channels:
+                family.add_metric([channel], counts[channel])
+            yield family
+
+        depths = [len(s.mailbox) for s in hub.sessions.values()]
+        yield GaugeMetricFamily(
+            "hubd_queue_depth", "Frames queued for all subscribers together", value=sum(depths)
+        )
+        yield GaugeMetricFamily(
+            "hubd_queue_depth_max",
+            "Frames queued for the most backed-up subscriber",
+            value=max(depths, default=0),
+        )
+
+        latency = hub.latency
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*BUCKETS, float("inf")), latency.counts, strict=True):
+            running += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(
+            "hubd_delivery_latency_seconds",
+            "Time from a publish being accepted to its frame being written, per delivery",
+            buckets=buckets,
+            sum_value=latency.sum,
+        )
+
+        yield CounterMetricFamily(
+            "hubd_frames_received", "Frames received from subscribers", value=hub.frames_in
+        )
+        yield CounterMetricFamily(
+            "hubd_frame_errors",
+            "Subscriber frames refused (error event sent, or 1009 close)",
+            value=hub.frame_errors,
+        )
+
+        requests = CounterMetricFamily(
+            "hubd_http_requests", "HTTP requests answered", labels=["route", "status"]
+        )
+        for (route, status), count in sorted(self.http.counts.items()):
+            requests.add_metric([route, str(status)], count)
+        yield requests
+
+
+class Metrics:
+    """The registry `/metrics` renders."""
+
+    def __init__(self, hub: Hub, http: HttpCounts) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(HubCollector(hub, http))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

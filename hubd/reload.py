@@ -1,0 +1,57 @@
+"""Applying a new configuration to a running daemon (SIGHUP / `systemctl reload`).
+
+Credentials, limits and hub tuning apply at once without dropping connections; what
+cannot change while running (listen addresses, TLS files, the metrics listener, removing
+channels, compression) keeps its old value until a restart, and the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from hubd.core.auth import Authenticator
+from hubd.settings import Settings
+from hubd.web.context import WebContext
+
+
+@dataclass(slots=True)
+class ReloadReport:
+    revoked: int = 0  # connections closed with 4401: their credential is gone
+    narrowed: int = 0  # connections that lost channels their credential no longer allows
+    kept: list[str] = field(default_factory=list)  # changes that need a restart
+
+
+# (section, key) pairs only a restart applies, with why.
+_RESTART_ONLY = (
+    ("server", "listen", "the listening sockets are bound at start"),
+    ("server", "tls_cert", "TLS is set up at start"),
+    ("server", "tls_key", "TLS is set up at start"),
+    ("metrics", "enabled", "the metrics endpoint is set up at start"),
+    ("metrics", "listen", "the listening sockets are bound at start"),
+)
+
+
+def apply(ctx: WebContext, new: Settings) -> ReloadReport:
+    """Make `new` (already validated) the running configuration of `ctx` and its hub."""
+    report = ReloadReport()
+    old = ctx.settings
+    server, metrics = new.server, new.metrics
+    for section, key, why in _RESTART_ONLY:
+        before = getattr(getattr(old, section), key)
+        if getattr(getattr(new, section), key) != before:
+            report.kept.append(f"{section}.{key}: a change needs a restart ({why})")
+            if section == "server":
+                server = msgspec.structs.replace(server, **{key: before})
+            else:
+                metrics = msgspec.structs.replace(metrics, **{key: before})
+    report.kept.extend(ctx.hub.reconfigure(new.hub, new.limits))
+    ctx.settings = msgspec.structs.replace(
+        new, server=server, metrics=metrics, hub=ctx.hub.settings
+    )
+    auth = Authenticator(new.auth)
+    ctx.auth = auth
+    ctx.trusted_proxies = new.limits.trusted_networks
+    report.revoked, report.narrowed = ctx.hub.revoke(lambda p: auth.find(p.kind, p.digest))
+    return report
