@@ -106,6 +106,10 @@ class HubSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_publish_bytes: PositiveInt = 1048576
     batch_max: PositiveInt = 256
     compression: bool = False
+    # Events kept per channel for resuming clients (?since=<id>); 0 keeps none.
+    history_size: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    # Seconds an event stays resumable.
+    history_ttl: PositiveFloat = 3600.0
 
     def __post_init__(self) -> None:
         _unique(self.channels, "channels")

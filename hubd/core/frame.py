@@ -34,6 +34,13 @@ class Frame:
         frame.raw = True
         return frame
 
+    def replayed(self) -> Frame:
+        """The same event sent again from history: shares the bytes, but is not a fresh
+        delivery for the latency histogram."""
+        frame = Frame(self.payload, None, self.channel)
+        frame._wire = self._wire
+        return frame
+
     @property
     def text(self) -> str:
         if self._text is None:

@@ -18,6 +18,7 @@ import trio
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
 from hubd.core.frame import Frame
+from hubd.core.history import EventIds, History, is_event_id, parse_id
 from hubd.core.latency import LatencyHistogram
 from hubd.core.mailbox import Mailbox, Overflow
 from hubd.protocol.channels import GLOBAL, UnknownChannelError, normalize, parse_event_types
@@ -141,6 +142,9 @@ class Hub:
         # Drops of sessions that have ended; live sessions hold their own counts.
         self._dropped_ended = 0
         self.started_at = trio.current_time()
+        # Event ids carry their publish position; recent events are kept for resuming.
+        self.ids = EventIds()
+        self.history = History(hub.history_size, hub.history_ttl)
         self._empty = trio.Event()
         self._empty.set()
         # Counters for /metrics and stats: connections accepted, rejected by HTTP status,
@@ -156,14 +160,23 @@ class Hub:
     # -- connections -------------------------------------------------------------------
 
     def admit(
-        self, principal: Principal, ip: str, event_types: str | None, *, batch: bool = False
+        self,
+        principal: Principal,
+        ip: str,
+        event_types: str | None,
+        *,
+        batch: bool = False,
+        since: str | None = None,
     ) -> Session:
         """Check a new subscriber against every rule and register it.
 
         Raises `HubError`: 503 draining, 403 no subscriber role, 400 unknown channel,
         403 channel outside the allow-list, 409 this IP already has a connection,
         503 at `limits.max_connections`. On success the session is registered and its
-        mailbox already holds the confirmation frame, ahead of any event."""
+        mailbox already holds the confirmation frame, ahead of any event. With `since`
+        (an event id), every held event of its channels published after that one follows,
+        then a `replay_complete` notice, then live events: nothing can be published in
+        between, so there is no gap and no duplicate."""
         if self.draining:
             raise HubError(
                 503, "draining", "the server is shutting down; reconnect to another node or retry"
@@ -193,6 +206,13 @@ class Hub:
                 "ip_in_use",
                 f"client IP {ip} already has an open connection; one connection per IP is "
                 "allowed (close it first)",
+            )
+        if since is not None and not is_event_id(since):
+            raise HubError(
+                400,
+                "bad_request",
+                f"since={since!r} is not an event id; use the 64-hex-digit id of the last "
+                "event received (or leave it out)",
             )
         if len(self.sessions) >= self.limits.max_connections:
             raise HubError(
@@ -231,6 +251,8 @@ class Hub:
                 )
             )
         )
+        if since is not None:
+            self._replay(session, since)
         self.sessions[session.client_id] = session
         for channel in subscriptions:
             self._subscribers[channel][session] = None
@@ -239,6 +261,28 @@ class Hub:
         self.accepted += 1
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         return session
+
+    def _replay(self, session: Session, since: str) -> None:
+        replay = self.history.replay(
+            session.subscriptions, parse_id(since, self.ids.epoch), trio.current_time()
+        )
+        frames = [frame.replayed() for frame in replay.frames]
+        frames.append(
+            Frame(
+                encode_bytes(
+                    Envelope(
+                        id=new_id(),
+                        event_type=GLOBAL,
+                        timestamp=utc_timestamp(),
+                        message="replay_complete",
+                        body={"replayed": len(replay.frames), "complete": replay.complete},
+                        client_id=session.client_id,
+                    )
+                ),
+                channel=GLOBAL,
+            )
+        )
+        session.mailbox.extend(frames)
 
     def _count_drop(self, frame: Frame) -> None:
         if frame.channel is not None:
@@ -326,6 +370,8 @@ class Hub:
             session.mailbox.policy = policy
         self.settings = hub
         self.limits = limits
+        self.history.size = hub.history_size
+        self.history.ttl = hub.history_ttl
         return kept
 
     def revoke(self, lookup: Callable[[Principal], Principal | None]) -> tuple[int, int]:
@@ -358,7 +404,13 @@ class Hub:
     # -- events ------------------------------------------------------------------------
 
     def publish(
-        self, channel: str, frame: Frame, target: Session | None = None, *, direct: bool = False
+        self,
+        channel: str,
+        frame: Frame,
+        target: Session | None = None,
+        *,
+        direct: bool = False,
+        seq: int | None = None,
     ) -> int:
         """Hand one encoded frame to every subscriber of `channel` (or to `target` only).
 
@@ -366,12 +418,16 @@ class Hub:
         once. `direct` lets idle connections take it with a non-blocking write right here
         (for a lone event: lowest latency, no task switch); without it, it is queued so
         each connection's writer can send several events in one write. Returns how many
-        subscribers accepted it. Never blocks."""
+        subscribers accepted it. `seq` (from `ids.next()`) keeps a broadcast event in the
+        channel's history for resuming clients; targeted events are not kept. Never blocks."""
         self.published[channel] += 1
         if target is not None:
             receivers: Iterable[Session] = (target,)
         else:
             receivers = self._subscribers[channel]
+            if seq is not None:
+                at = frame.queued_at
+                self.history.append(channel, seq, frame, trio.current_time() if at is None else at)
         accepted = written = 0
         for session in receivers:
             outcome = session.deliver(frame, direct)

@@ -39,6 +39,7 @@ class Mailbox(Generic[T]):
     """Bounded FIFO of frames. Not thread-safe; lives in one trio run."""
 
     __slots__ = (
+        "_extra",
         "_head",
         "_items",
         "capacity",
@@ -61,6 +62,8 @@ class Mailbox(Generic[T]):
         # One item that must go out before everything else and is never dropped: the
         # rest of a frame the socket took only in part.
         self._head: T | None = None
+        # Room granted beyond `capacity` by `extend` (a replay), shrinking as it is taken.
+        self._extra = 0
         # Called after a frame is queued or the mailbox is closed (not on a refused put).
         self.on_ready: Callable[[], None] | None = None
         # Called with every frame refused or discarded (after it is counted).
@@ -96,7 +99,7 @@ class Mailbox(Generic[T]):
             self._dropped([frame])
             return False
         items = self._items
-        if len(items) >= self.capacity:
+        if len(items) >= self.capacity + self._extra:
             if self.policy is Overflow.DROP_OLDEST:
                 oldest = items.pop(0)
                 self.dropped_total += 1
@@ -115,6 +118,17 @@ class Mailbox(Generic[T]):
             self.on_ready()
         return True
 
+    def extend(self, frames: list[T]) -> None:
+        """Queue `frames` beyond the capacity (a replay from history, which bounds it):
+        the room they take is added to the capacity until they have been taken, so they
+        never push out frames queued after them."""
+        if self.closed or not frames:
+            return
+        self._items.extend(frames)
+        self._extra += len(frames)
+        if self.on_ready is not None:
+            self.on_ready()
+
     def close(self) -> None:
         """Refuse further puts. What is queued can still be taken; then `take` returns []."""
         if self.closed:
@@ -129,6 +143,7 @@ class Mailbox(Generic[T]):
         n = len(items)
         self.dropped_total += n
         self._items = []
+        self._extra = 0
         self._head = None  # the connection is gone: the rest of a frame goes nowhere
         self._dropped(items)
         return n
@@ -148,9 +163,12 @@ class Mailbox(Generic[T]):
         items = self._items
         if len(items) <= max_items:
             self._items = []
-            return items
-        batch = items[:max_items]
-        del items[:max_items]
+            batch = items
+        else:
+            batch = items[:max_items]
+            del items[:max_items]
+        if self._extra:
+            self._extra = max(0, self._extra - len(batch))
         return batch
 
     def take_unreported_drops(self) -> int:

@@ -13,7 +13,7 @@ from hubd.core.errors import HubError
 from hubd.core.frame import Frame
 from hubd.core.hub import Hub, Session
 from hubd.protocol.channels import GLOBAL, SERVER_OWNED
-from hubd.protocol.envelope import Envelope, PublishEvent, encode_bytes, new_id, utc_timestamp
+from hubd.protocol.envelope import Envelope, PublishEvent, encode_bytes, utc_timestamp
 
 MAX_BATCH = 1000
 
@@ -167,8 +167,9 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
     lone = len(checked) == 1
     ids: list[str] = []
     for item in checked:
+        seq, event_id = hub.ids.next()
         envelope = Envelope(
-            id=new_id(),
+            id=event_id,
             event_type=item.channel,
             timestamp=utc_timestamp(),
             message=item.event.message,
@@ -182,6 +183,7 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
             # A lone event is written at once; a batch is queued so that each
             # connection's writer sends it in one write.
             direct=lone,
+            seq=seq,
         )
         ids.append(envelope.id)
     return PublishResult(ids, batch)

@@ -75,7 +75,9 @@ def _admit(ctx: WebContext, scope: Scope) -> tuple[str, Session | HubError]:
         )
         principal = ctx.authenticate(headers, query.get("access_token"))
         batch = _flag(query, "batch")
-        return ip, ctx.hub.admit(principal, ip, query.get("event_types"), batch=batch)
+        # Resume point: ?since= (any client) or Last-Event-ID (the SSE convention).
+        since = query.get("since") or headers.get("last-event-id") or None
+        return ip, ctx.hub.admit(principal, ip, query.get("event_types"), batch=batch, since=since)
     except HubError as exc:
         return ip, exc
 

@@ -1,0 +1,242 @@
+"""Event history and resume: ids that carry their publish position, bounded per-channel
+history (size and age), and `since=` replays in publish order with no gap and no
+duplicate, on trio's virtual clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from hubd.core.errors import HubError
+from hubd.core.frame import Frame
+from hubd.core.history import EventIds, History, make_id, parse_id
+from hubd.core.hub import Hub, Session
+from hubd.core.publishing import publish_request
+
+from .conftest import ADMIN, SUBSCRIBER, fresh_ip, make_hub, publish_body, queued
+
+
+def publish(hub: Hub, channel: str, message: str) -> str:
+    result = publish_request(hub, ADMIN, publish_body({"event_type": channel, "message": message}))
+    return result.ids[0]
+
+
+def resume(hub: Hub, event_types: str, since: str) -> Session:
+    return hub.admit(SUBSCRIBER, fresh_ip(), event_types, since=since)
+
+
+async def after_confirmation(session: Session) -> list[dict[str, Any]]:
+    frames = await queued(session)
+    assert frames[0]["message"].startswith("WebSocket connection established")
+    return frames[1:]
+
+
+def messages(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["message"] for f in frames]
+
+
+# -- ids ------------------------------------------------------------------------------------
+
+
+def test_ids_are_64_hex_and_carry_epoch_and_sequence() -> None:
+    ids = EventIds("0a0b0c0d")
+    seq, first = ids.next()
+    seq2, second = ids.next()
+    assert (seq, seq2) == (1, 2)
+    for event_id in (first, second):
+        assert len(event_id) == 64 and int(event_id, 16) >= 0
+        assert event_id.startswith("0a0b0c0d")
+    assert parse_id(first, "0a0b0c0d") == 1
+    assert parse_id(second, "0a0b0c0d") == 2
+    assert first[24:] != second[24:]  # the random tail differs
+
+
+def test_ids_of_another_epoch_or_shape_are_unknown() -> None:
+    assert parse_id(make_id("11111111", 5), "22222222") is None
+    assert parse_id("not-an-id", "11111111") is None
+    assert parse_id(make_id("11111111", 5).upper(), "11111111") is None
+
+
+def test_epoch_must_be_eight_hex_digits() -> None:
+    with pytest.raises(ValueError, match="8 lowercase hex"):
+        EventIds("xyz")
+
+
+# -- History ---------------------------------------------------------------------------------
+
+
+def frame(n: int) -> Frame:
+    return Frame(json.dumps({"n": n}).encode(), None, "pdfm")
+
+
+def test_history_keeps_the_last_size_events_per_channel() -> None:
+    history = History(size=3, ttl=100.0)
+    for seq in range(1, 6):
+        history.append("pdfm", seq, frame(seq), now=0.0)
+    assert history.held("pdfm") == 3
+    replay = history.replay(["pdfm"], since=3, now=0.0)
+    assert [json.loads(f.payload)["n"] for f in replay.frames] == [4, 5]
+    assert replay.complete
+    # Seq 2 was evicted, but nothing after it: resuming from 2 is complete, from 1 not.
+    assert history.replay(["pdfm"], since=2, now=0.0).complete is True
+    assert history.replay(["pdfm"], since=1, now=0.0).complete is False
+
+
+def test_history_forgets_events_older_than_ttl() -> None:
+    history = History(size=10, ttl=60.0)
+    history.append("pdfm", 1, frame(1), now=0.0)
+    history.append("pdfm", 2, frame(2), now=30.0)
+    replay = history.replay(["pdfm"], since=0, now=61.0)
+    assert [json.loads(f.payload)["n"] for f in replay.frames] == [2]
+    assert replay.complete is False  # seq 1 expired after the resume point
+
+
+def test_replay_merges_channels_in_publish_order() -> None:
+    history = History(size=10, ttl=100.0)
+    for seq, channel in enumerate(["pdfm", "orchestrator", "pdfm", "builds", "orchestrator"], 1):
+        history.append(channel, seq, Frame(str(seq).encode(), None, channel), now=0.0)
+    replay = history.replay(["orchestrator", "pdfm"], since=1, now=0.0)
+    assert [f.payload for f in replay.frames] == [b"2", b"3", b"5"]
+    assert replay.complete
+
+
+def test_size_zero_keeps_nothing() -> None:
+    history = History(size=0, ttl=100.0)
+    history.append("pdfm", 1, frame(1), now=0.0)
+    assert history.held("pdfm") == 0
+
+
+def test_unknown_resume_point_replays_nothing_and_is_incomplete() -> None:
+    history = History(size=10, ttl=100.0)
+    history.append("pdfm", 1, frame(1), now=0.0)
+    assert history.replay(["pdfm"], since=None, now=0.0) == history.replay([], None, 0.0)
+    assert history.replay(["pdfm"], since=None, now=0.0).complete is False
+
+
+# -- resume through the hub -------------------------------------------------------------------
+
+
+async def test_resume_replays_what_was_missed_then_says_complete() -> None:
+    hub = make_hub()
+    first = publish(hub, "pdfm", "A")
+    publish(hub, "orchestrator", "B")
+    publish(hub, "pdfm", "C")
+    publish(hub, "global", "D")
+    session = resume(hub, "pdfm", first)
+    frames = await after_confirmation(session)
+    assert messages(frames) == ["C", "D", "replay_complete"]
+    done = frames[-1]
+    assert done["event_type"] == "global"
+    assert done["body"] == {"replayed": 2, "complete": True}
+    assert done["client_id"] == session.client_id
+    # Live events follow, with nothing in between.
+    publish(hub, "pdfm", "E")
+    assert messages(await queued(session)) == ["E"]
+
+
+async def test_replayed_frames_are_the_original_events() -> None:
+    hub = make_hub()
+    first = publish(hub, "pdfm", "A")
+    second = publish(hub, "pdfm", "B")
+    session = resume(hub, "pdfm", first)
+    replayed = (await after_confirmation(session))[0]
+    assert replayed["id"] == second
+    assert replayed["message"] == "B"
+
+
+async def test_resume_from_the_latest_event_replays_nothing_and_is_complete() -> None:
+    hub = make_hub()
+    last = publish(hub, "pdfm", "A")
+    frames = await after_confirmation(resume(hub, "pdfm", last))
+    assert frames[-1]["body"] == {"replayed": 0, "complete": True}
+
+
+async def test_unknown_id_is_incomplete_with_nothing_replayed() -> None:
+    hub = make_hub()
+    publish(hub, "pdfm", "A")
+    stranger = make_id("ffffffff" if hub.ids.epoch != "ffffffff" else "eeeeeeee", 1)
+    frames = await after_confirmation(resume(hub, "pdfm", stranger))
+    assert messages(frames) == ["replay_complete"]
+    assert frames[0]["body"] == {"replayed": 0, "complete": False}
+
+
+async def test_resume_older_than_history_is_incomplete(autojump_clock: MockClock) -> None:
+    hub = make_hub(history_size=2)
+    first = publish(hub, "pdfm", "A")
+    for message in "BCD":
+        publish(hub, "pdfm", message)
+    frames = await after_confirmation(resume(hub, "pdfm", first))
+    assert messages(frames) == ["C", "D", "replay_complete"]
+    assert frames[-1]["body"] == {"replayed": 2, "complete": False}
+
+
+async def test_expired_events_are_not_replayed(autojump_clock: MockClock) -> None:
+    hub = make_hub(history_ttl=60.0)
+    first = publish(hub, "pdfm", "A")
+    publish(hub, "pdfm", "B")
+    await trio.sleep(61)
+    publish(hub, "pdfm", "C")
+    frames = await after_confirmation(resume(hub, "pdfm", first))
+    assert messages(frames) == ["C", "replay_complete"]
+    assert frames[-1]["body"] == {"replayed": 1, "complete": False}
+
+
+async def test_targeted_events_are_not_kept_for_others() -> None:
+    hub = make_hub()
+    first = publish(hub, "pdfm", "A")
+    target = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")
+    publish_request(
+        hub,
+        ADMIN,
+        publish_body({"event_type": "pdfm", "message": "private", "client_id": target.client_id}),
+    )
+    frames = await after_confirmation(resume(hub, "pdfm", first))
+    assert messages(frames) == ["replay_complete"]
+
+
+async def test_malformed_since_is_a_400_naming_the_value() -> None:
+    hub = make_hub()
+    with pytest.raises(HubError) as caught:
+        resume(hub, "pdfm", "last-one")
+    assert caught.value.status == 400
+    assert "'last-one'" in caught.value.message
+    assert not hub.sessions
+
+
+async def test_replay_is_not_counted_as_fresh_delivery_latency(
+    autojump_clock: MockClock,
+) -> None:
+    hub = make_hub()
+    first = publish(hub, "pdfm", "A")
+    publish(hub, "pdfm", "B")
+    await trio.sleep(30)
+    session = resume(hub, "pdfm", first)
+    frames = session.mailbox.take(10)
+    assert all(f.queued_at is None for f in frames)
+
+
+async def test_replay_may_exceed_the_queue_bound() -> None:
+    hub = make_hub(queue_size=2)
+    first = publish(hub, "pdfm", "A")
+    for n in range(5):
+        publish(hub, "pdfm", f"E{n}")
+    frames = await after_confirmation(resume(hub, "pdfm", first))
+    assert messages(frames) == ["E0", "E1", "E2", "E3", "E4", "replay_complete"]
+    assert frames[-1]["body"]["complete"] is True
+
+
+async def test_live_events_after_a_big_replay_get_the_whole_queue() -> None:
+    hub = make_hub(queue_size=3)  # the confirmation and two live events
+    first = publish(hub, "pdfm", "A")
+    for n in range(5):
+        publish(hub, "pdfm", f"E{n}")
+    session = resume(hub, "pdfm", first)
+    publish(hub, "pdfm", "L1")
+    publish(hub, "pdfm", "L2")
+    assert session.mailbox.dropped_total == 0
+    publish(hub, "pdfm", "L3")  # one more overflows the queue of 3
+    assert session.mailbox.dropped_total == 1
