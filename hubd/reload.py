@@ -37,16 +37,29 @@ def apply(ctx: WebContext, new: Settings) -> ReloadReport:
     """Make `new` (already validated) the running configuration of `ctx` and its hub."""
     report = ReloadReport()
     old = ctx.settings
-    server, metrics = new.server, new.metrics
+    # Old values are put back all at once per section: one at a time, a half-restored
+    # pair (tls_cert without tls_key) would fail the section's own validation.
+    restore: dict[str, dict[str, object]] = {"server": {}, "metrics": {}}
     for section, key, why in _RESTART_ONLY:
         before = getattr(getattr(old, section), key)
         if getattr(getattr(new, section), key) != before:
             report.kept.append(f"{section}.{key}: a change needs a restart ({why})")
-            if section == "server":
-                server = msgspec.structs.replace(server, **{key: before})
-            else:
-                metrics = msgspec.structs.replace(metrics, **{key: before})
-    report.kept.extend(ctx.hub.reconfigure(new.hub, new.limits))
+            restore[section][key] = before
+    server = msgspec.structs.replace(new.server, **restore["server"])
+    metrics = msgspec.structs.replace(new.metrics, **restore["metrics"])
+    # The web server enforces message and body sizes with the limits it started with
+    # (Hypercorn's WebSocket limit, Quart's content length): they may go down live, not
+    # above their values at start.
+    hub = new.hub
+    for key in ("max_message_bytes", "max_publish_bytes"):
+        ceiling = getattr(ctx.started.hub, key)
+        if getattr(hub, key) > ceiling:
+            report.kept.append(
+                f"hub.{key}: raising it above {ceiling} (its value at start) needs a restart; "
+                f"{ceiling} applies until then"
+            )
+            hub = msgspec.structs.replace(hub, **{key: ceiling})
+    report.kept.extend(ctx.hub.reconfigure(hub, new.limits))
     ctx.settings = msgspec.structs.replace(
         new, server=server, metrics=metrics, hub=ctx.hub.settings
     )

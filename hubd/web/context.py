@@ -28,6 +28,11 @@ class WebContext:
     metrics_address: tuple[str, int] | None = None
     # False until every listener is serving; /v1/ready answers 503 until then.
     ready: bool = False
+    # The configuration the process started with (what a reload cannot go beyond).
+    started: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.settings
 
     def authenticate(self, headers: Mapping[str, str], access_token: str | None) -> Principal:
         """Authenticate from lower-cased request headers and the access_token query value."""
