@@ -113,7 +113,6 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[socket.s
         return []
     sockets: list[socket.socket] = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + n):
-        os.set_inheritable(fd, False)
         try:
             sock = socket.socket(fileno=fd)
         except OSError as exc:
@@ -126,6 +125,7 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[socket.s
                 f"LISTEN_FDS: fd {fd} is not a listening TCP socket; use ListenStream= in the "
                 "socket unit"
             )
+        sock.set_inheritable(False)
         sock.setblocking(False)
         sockets.append(sock)
     return sockets

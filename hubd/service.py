@@ -122,6 +122,9 @@ def open_all(settings: Settings) -> Listeners:
     `server.listen`; plus the metrics socket when `metrics.listen` is set.
     Raises `ListenError` or `ActivationError` naming the address or descriptor."""
     activated = sdnotify.listen_fds()
+    for sock in activated:  # as open_listeners does for the sockets it binds
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, _user_timeout_ms(settings))
     main = activated or open_listeners(settings)
     metrics: socket.socket | None = None
     if settings.metrics.enabled and settings.metrics.listen is not None:

@@ -234,6 +234,29 @@ class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                 raise ValueError(f".listen: {exc}") from None
 
 
+class BackplaneSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # "memory": one node, nothing shared. "redis": nodes share events, history and the
+    # per-IP rule through one Redis server (6.2 or later).
+    kind: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key and channel hubd uses (several clusters can share a server).
+    prefix: str = "hubd"
+    # A node's claims (client IPs, connections) expire this long after it stops renewing
+    # them, e.g. because it crashed.
+    lease_seconds: Annotated[float, msgspec.Meta(ge=1)] = 15.0
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"rediss?://[^\s]+|unix://[^\s]+", self.url):
+            raise ValueError(
+                f".url is {self.url!r}; use redis://host:port/db, rediss://... for TLS, "
+                "or unix:///path/to/redis.sock"
+            )
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.prefix):
+            raise ValueError(
+                f".prefix is {self.prefix!r}; use 1-64 characters of A-Z a-z 0-9 _ . : -"
+            )
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     hub: HubSettings = msgspec.field(default_factory=HubSettings)
@@ -241,6 +264,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
 
     def summary(self) -> str:
         """One line describing what this configuration will run."""
@@ -275,9 +299,14 @@ def _cross_check(settings: Settings) -> None:
         if digest in seen:
             raise ConfigError(f"{path} uses the same secret as {seen[digest]}; secrets must differ")
         seen[digest] = path
-    if settings.metrics.listen is not None and settings.metrics.listen in settings.server.listen:
+    metrics_listen = settings.metrics.listen
+    if (
+        metrics_listen is not None
+        and metrics_listen in settings.server.listen
+        and parse_listen(metrics_listen)[1] != 0  # port 0: each gets a free port of its own
+    ):
         raise ConfigError(
-            f"metrics.listen {settings.metrics.listen!r} is also in server.listen; give metrics "
+            f"metrics.listen {metrics_listen!r} is also in server.listen; give metrics "
             "an address of its own, or leave metrics.listen unset to serve /metrics there"
         )
 
@@ -296,7 +325,7 @@ _TYPES = {
 }
 
 
-_SECTIONS = ("[server]", "[hub]", "[limits]", "[auth]", "[log]", "[metrics]")
+_SECTIONS = ("[server]", "[hub]", "[limits]", "[auth]", "[log]", "[metrics]", "[backplane]")
 
 
 def _dotted(at: str | None) -> str:
@@ -358,6 +387,7 @@ def _allowed(path: str) -> str:
         "hub.slow_consumer": "'drop_oldest', 'disconnect'",
         "log.level": "'debug', 'info', 'warning', 'error'",
         "log.format": "'text', 'json'",
+        "backplane.kind": "'memory', 'redis'",
         "auth.tokens.roles": "'subscriber', 'publisher', 'admin'",
         "auth.api_keys.roles": "'subscriber', 'publisher', 'admin'",
     }.get(leaf)

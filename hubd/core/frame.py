@@ -12,14 +12,20 @@ class Frame:
     frames that are not published events, which the latency histogram skips). `channel`
     is the event_type it carries, for counting drops per channel (None: not an event)."""
 
-    __slots__ = ("_text", "_wire", "channel", "payload", "queued_at", "raw")
+    __slots__ = ("_text", "_wire", "channel", "payload", "queued_at", "raw", "seq")
 
     def __init__(
-        self, payload: bytes, queued_at: float | None = None, channel: str | None = None
+        self,
+        payload: bytes,
+        queued_at: float | None = None,
+        channel: str | None = None,
+        seq: int = 0,
     ) -> None:
         self.payload = payload
         self.queued_at = queued_at
         self.channel = channel
+        # The event's publish position (0: not a published event).
+        self.seq = seq
         self._text: str | None = None
         self._wire: bytes | None = None
         # True for bytes that are already on-the-wire WebSocket data (the rest of a frame
@@ -37,7 +43,7 @@ class Frame:
     def replayed(self) -> Frame:
         """The same event sent again from history: shares the bytes, but is not a fresh
         delivery for the latency histogram."""
-        frame = Frame(self.payload, None, self.channel)
+        frame = Frame(self.payload, None, self.channel, self.seq)
         frame._wire = self._wire
         return frame
 

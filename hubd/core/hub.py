@@ -116,6 +116,13 @@ class Session:
         self.deliver(Frame(encode_bytes(envelope), channel=envelope.event_type), direct=True)
 
 
+@dataclass(slots=True)
+class _Resume:
+    held: list[Frame] = field(default_factory=list)
+    # Set once the replay is in the mailbox: live events up to this seq were in it.
+    replayed_upto: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class UnsubscribeResult:
     client_id: str
@@ -145,6 +152,12 @@ class Hub:
         # Event ids carry their publish position; recent events are kept for resuming.
         self.ids = EventIds()
         self.history = History(hub.history_size, hub.history_ttl)
+        # The highest event seq published here so far (events arrive in seq order when a
+        # backplane orders them; the in-memory hub numbers them itself).
+        self.last_seq = 0
+        # Sessions resuming from a replay the backplane is still fetching: what is
+        # published to their channels meanwhile waits here (see begin_resume).
+        self._resuming: dict[Session, _Resume] = {}
         self._empty = trio.Event()
         self._empty.set()
         # Counters for /metrics and stats: connections accepted, rejected by HTTP status,
@@ -267,22 +280,23 @@ class Hub:
             session.subscriptions, parse_id(since, self.ids.epoch), trio.current_time()
         )
         frames = [frame.replayed() for frame in replay.frames]
-        frames.append(
-            Frame(
-                encode_bytes(
-                    Envelope(
-                        id=new_id(),
-                        event_type=GLOBAL,
-                        timestamp=utc_timestamp(),
-                        message="replay_complete",
-                        body={"replayed": len(replay.frames), "complete": replay.complete},
-                        client_id=session.client_id,
-                    )
-                ),
-                channel=GLOBAL,
-            )
-        )
+        frames.append(self._replay_complete(session, len(replay.frames), replay.complete))
         session.mailbox.extend(frames)
+
+    def _replay_complete(self, session: Session, replayed: int, complete: bool) -> Frame:
+        return Frame(
+            encode_bytes(
+                Envelope(
+                    id=new_id(),
+                    event_type=GLOBAL,
+                    timestamp=utc_timestamp(),
+                    message="replay_complete",
+                    body={"replayed": replayed, "complete": complete},
+                    client_id=session.client_id,
+                )
+            ),
+            channel=GLOBAL,
+        )
 
     def _count_drop(self, frame: Frame) -> None:
         if frame.channel is not None:
@@ -299,6 +313,7 @@ class Hub:
             self.closed["peer"] += 1
         session.mailbox.close()
         session.mailbox.discard()
+        self._resuming.pop(session, None)
         self._dropped_ended += session.mailbox.dropped_total
         self.sessions.pop(session.client_id, None)
         for channel in session.subscriptions:
@@ -435,12 +450,66 @@ class Hub:
                 accepted += 1
                 if outcome == WRITTEN:
                     written += 1
+        if seq is not None and seq > self.last_seq:
+            self.last_seq = seq
+        if self._resuming and target is None:
+            accepted += self._hold_for_resume(channel, frame)
         if written and frame.queued_at is not None:
             # One clock read for every connection written to here: they were all written
             # within this call.
             self.latency.observe_many(trio.current_time() - frame.queued_at, written)
         self.delivered[channel] += accepted
         return accepted
+
+    # -- resuming from a backplane's history ----------------------------------------------
+
+    def begin_resume(self, session: Session) -> None:
+        """Take a just-admitted session out of live delivery while its replay is fetched
+        (from a backplane, which takes a round trip): what its channels publish meanwhile
+        is held, and `finish_resume` merges the two without a gap or a duplicate."""
+        for channel in session.subscriptions:
+            self._subscribers[channel].pop(session, None)
+        self._resuming[session] = _Resume()
+
+    def finish_resume(self, session: Session, replayed: list[Frame], complete: bool) -> None:
+        """Queue the replay (in seq order), `replay_complete`, then the held live events
+        the replay did not already carry, and put the session back in live delivery.
+
+        Events reach this hub in seq order, so once it has seen the replay's last seq no
+        duplicate can follow; until then, later events up to that seq are skipped."""
+        state = self._resuming.get(session)
+        if state is None or not session.registered:
+            return
+        upto = replayed[-1].seq if replayed else 0
+        frames = [frame.replayed() for frame in replayed]
+        frames.append(self._replay_complete(session, len(replayed), complete))
+        frames.extend(f for f in state.held if f.seq > upto)
+        session.mailbox.extend(frames)
+        if self.last_seq >= upto:
+            self._rejoin(session)
+        else:
+            state.held = []
+            state.replayed_upto = upto
+
+    def _hold_for_resume(self, channel: str, frame: Frame) -> int:
+        held = 0
+        for session, state in list(self._resuming.items()):
+            if channel not in session.subscriptions:
+                continue
+            if state.replayed_upto is None:
+                state.held.append(frame)
+                held += 1
+            else:
+                if frame.seq > state.replayed_upto and session.deliver(frame):
+                    held += 1
+                if frame.seq >= state.replayed_upto:
+                    self._rejoin(session)
+        return held
+
+    def _rejoin(self, session: Session) -> None:
+        self._resuming.pop(session, None)
+        for channel in session.subscriptions:
+            self._subscribers[channel][session] = None
 
     # -- subscriptions -----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -21,10 +22,22 @@ _request_decoder = msgspec.json.Decoder(PublishEvent | list[PublishEvent])
 
 
 @dataclass(frozen=True, slots=True)
-class _Checked:
+class Checked:
+    """One event that passed every check, ready to publish."""
+
     channel: str
     event: PublishEvent
+    # The target connection when it is on this node; `event.client_id` names it otherwise.
     target: Session | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteClient:
+    """A connection held by another node, as the backplane knows it."""
+
+    client_id: str
+    principal: str
+    subscriptions: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +108,13 @@ def _describe(detail: str) -> str:
 
 
 def _check(
-    hub: Hub, principal: Principal, index: int, event: PublishEvent, batch: bool
-) -> _Checked:
+    hub: Hub,
+    principal: Principal,
+    index: int,
+    event: PublishEvent,
+    batch: bool,
+    remote: Mapping[str, RemoteClient],
+) -> Checked:
     where = f"event [{index}]: " if batch else ""
     channel = event.event_type.strip().lower()
     if channel not in hub.channels:
@@ -130,27 +148,36 @@ def _check(
     target: Session | None = None
     if event.client_id is not None:
         target = hub.sessions.get(event.client_id)
-        if target is None:
+        elsewhere = remote.get(event.client_id)
+        if target is not None:
+            subscriptions = target.subscriptions
+        elif elsewhere is not None:
+            subscriptions = elsewhere.subscriptions
+        else:
             raise HubError(
                 404,
                 "unknown_client",
                 f"{where}no connected client has client_id {event.client_id!r}",
             )
-        if channel not in target.subscriptions:
+        if channel not in subscriptions:
             raise HubError(
                 409,
                 "not_subscribed",
                 f"{where}client {event.client_id!r} is not subscribed to {channel!r}; "
-                f"its channels are: {', '.join(target.subscriptions)}",
+                f"its channels are: {', '.join(subscriptions)}",
             )
-    return _Checked(channel, event, target)
+    return Checked(channel, event, target)
 
 
-def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishResult:
-    """Validate a whole publish request, then hand every event to every subscriber.
-
-    All or nothing: if any event is refused, `HubError` is raised and none is published.
-    Returns once each event sits in every current subscriber's mailbox."""
+def check_request(
+    hub: Hub,
+    principal: Principal,
+    events: list[PublishEvent],
+    batch: bool,
+    remote: Mapping[str, RemoteClient] | None = None,
+) -> list[Checked]:
+    """Every check of a decoded publish request, all before anything is published.
+    `remote` holds the targeted clients that live on other nodes. Raises `HubError`."""
     if hub.draining:
         raise HubError(
             503, "draining", "the server is shutting down and accepts no events; retry elsewhere"
@@ -161,8 +188,23 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
             "forbidden",
             f"principal {principal.name!r} lacks the 'publisher' role needed to publish",
         )
+    known = remote or {}
+    return [_check(hub, principal, i, e, batch, known) for i, e in enumerate(events)]
+
+
+def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishResult:
+    """Validate a whole publish request, then hand every event to every subscriber of
+    this hub (the in-memory hub: no other node).
+
+    All or nothing: if any event is refused, `HubError` is raised and none is published.
+    Returns once each event sits in every current subscriber's mailbox."""
     events, batch = decode_request(payload)
-    checked = [_check(hub, principal, i, e, batch) for i, e in enumerate(events)]
+    checked = check_request(hub, principal, events, batch)
+    return PublishResult(publish_checked(hub, checked), batch)
+
+
+def publish_checked(hub: Hub, checked: list[Checked]) -> list[str]:
+    """Publish checked events to this hub's subscribers; returns their ids in order."""
     accepted_at = trio.current_time()
     lone = len(checked) == 1
     ids: list[str] = []
@@ -178,7 +220,7 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
         )
         hub.publish(
             item.channel,
-            Frame(encode_bytes(envelope), accepted_at, item.channel),
+            Frame(encode_bytes(envelope), accepted_at, item.channel, seq),
             item.target,
             # A lone event is written at once; a batch is queued so that each
             # connection's writer sends it in one write.
@@ -186,4 +228,4 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
             seq=seq,
         )
         ids.append(envelope.id)
-    return PublishResult(ids, batch)
+    return ids

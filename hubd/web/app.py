@@ -12,7 +12,7 @@ from hubd.web.context import WebContext
 from hubd.web.errors import JSON_HEADERS, error_body
 from hubd.web.http import create_http_app, route_of
 from hubd.web.publish_route import handle_publish, is_publish
-from hubd.web.ws import handle_websocket
+from hubd.web.ws import handle_websocket, reject
 
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -28,7 +28,7 @@ class HubdApp:
         kind = scope["type"]
         ctx = self.ctx
         if kind in ("http", "websocket") and _on_metrics_listener(ctx, scope):
-            await _metrics_listener(ctx, scope, send)
+            await _metrics_listener(ctx, scope, receive, send)
         elif kind == "websocket":
             await handle_websocket(ctx, scope, receive, send)
         elif kind == "http":
@@ -57,10 +57,17 @@ def _on_metrics_listener(ctx: WebContext, scope: Any) -> bool:
     return address is not None and server is not None and tuple(server) == address
 
 
-async def _metrics_listener(ctx: WebContext, scope: Any, send: Any) -> None:
+async def _metrics_listener(ctx: WebContext, scope: Any, receive: Any, send: Any) -> None:
     """The metrics address serves GET /metrics without credentials, and nothing else."""
     if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
+        # Refused before the upgrade with a JSON 404, like any other path here.
+        if (await receive())["type"] == "websocket.connect":
+            await reject(
+                send,
+                404,
+                "not_found",
+                f"no endpoint at {scope['path']!r} on the metrics listener; use /metrics",
+            )
         return
     if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD") and ctx.metrics:
         status, headers, body = 200, [(b"content-type", METRICS_CONTENT_TYPE)], ctx.metrics.render()

@@ -182,12 +182,26 @@ class HubdProcess:
         return f"http://{HOST}:{self.port}"
 
     @classmethod
-    async def start(cls, nursery: trio.Nursery, config_path: Path) -> HubdProcess:
+    async def start(
+        cls,
+        nursery: trio.Nursery,
+        config_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+    ) -> HubdProcess:
+        """Run `hubd serve --config config_path` and wait for its ready line.
+
+        `env` replaces the whole environment; `launcher` is an argv prefix that ends by
+        exec'ing its arguments (the same pid); `pass_fds` stay open in the child."""
         process = await trio.lowlevel.open_process(
-            [HUBD, "serve", "--config", str(config_path)],
+            [*launcher, HUBD, "serve", "--config", str(config_path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            env=None if env is None else dict(env),
+            pass_fds=tuple(pass_fds),
         )
         server = cls(process, config_path)
         nursery.start_soon(server._pump)
