@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "check-config":
+        from hubd.service import check_tls
+
         try:
             settings = load_settings(args.path)
+            check_tls(settings)  # the files the daemon would load at start
         except ConfigError as exc:
             print(f"hubd: {args.path}: {exc}", file=sys.stderr)
             return 2

@@ -169,5 +169,5 @@ def configure(
     root = logging.getLogger()
     root.setLevel(level.upper())
     # Hypercorn's and Quart's own chatter is only useful when debugging.
-    for noisy in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving"):
+    for noisy in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving", "coredis"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from hubd import __version__
+from hubd.core.backplane import Backplane
 from hubd.core.hub import Hub
 from hubd.core.latency import BUCKETS
 
@@ -40,9 +41,10 @@ class HttpCounts:
 class HubCollector(Collector):
     """Collects every hubd metric from `hub` and `http` when scraped."""
 
-    def __init__(self, hub: Hub, http: HttpCounts) -> None:
+    def __init__(self, hub: Hub, http: HttpCounts, backplane: Backplane | None = None) -> None:
         self.hub = hub
         self.http = http
+        self.backplane = backplane
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -57,6 +59,12 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             "hubd_draining", "1 while the server is shutting down", value=int(hub.draining)
         )
+        if self.backplane is not None:
+            yield GaugeMetricFamily(
+                "hubd_backplane_up",
+                "1 while the event backplane is reachable (always 1 for the in-memory hub)",
+                value=int(self.backplane.healthy),
+            )
 
         yield GaugeMetricFamily(
             "hubd_connections_open", "Open subscriber connections", value=len(hub.sessions)
@@ -154,9 +162,9 @@ class HubCollector(Collector):
 class Metrics:
     """The registry `/metrics` renders."""
 
-    def __init__(self, hub: Hub, http: HttpCounts) -> None:
+    def __init__(self, hub: Hub, http: HttpCounts, backplane: Backplane | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(HubCollector(hub, http))
+        self.registry.register(HubCollector(hub, http, backplane))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -30,6 +30,10 @@ _RESTART_ONLY = (
     ("server", "tls_key", "TLS is set up at start"),
     ("metrics", "enabled", "the metrics endpoint is set up at start"),
     ("metrics", "listen", "the listening sockets are bound at start"),
+    ("backplane", "kind", "the backplane is connected at start"),
+    ("backplane", "url", "the backplane is connected at start"),
+    ("backplane", "prefix", "the backplane is connected at start"),
+    ("backplane", "lease_seconds", "the backplane is connected at start"),
 )
 
 
@@ -39,7 +43,7 @@ def apply(ctx: WebContext, new: Settings) -> ReloadReport:
     old = ctx.settings
     # Old values are put back all at once per section: one at a time, a half-restored
     # pair (tls_cert without tls_key) would fail the section's own validation.
-    restore: dict[str, dict[str, object]] = {"server": {}, "metrics": {}}
+    restore: dict[str, dict[str, object]] = {"server": {}, "metrics": {}, "backplane": {}}
     for section, key, why in _RESTART_ONLY:
         before = getattr(getattr(old, section), key)
         if getattr(getattr(new, section), key) != before:
@@ -47,6 +51,7 @@ def apply(ctx: WebContext, new: Settings) -> ReloadReport:
             restore[section][key] = before
     server = msgspec.structs.replace(new.server, **restore["server"])
     metrics = msgspec.structs.replace(new.metrics, **restore["metrics"])
+    backplane = msgspec.structs.replace(new.backplane, **restore["backplane"])
     # The web server enforces message and body sizes with the limits it started with
     # (Hypercorn's WebSocket limit, Quart's content length): they may go down live, not
     # above their values at start.
@@ -61,7 +66,7 @@ def apply(ctx: WebContext, new: Settings) -> ReloadReport:
             hub = msgspec.structs.replace(hub, **{key: ceiling})
     report.kept.extend(ctx.hub.reconfigure(hub, new.limits))
     ctx.settings = msgspec.structs.replace(
-        new, server=server, metrics=metrics, hub=ctx.hub.settings
+        new, server=server, metrics=metrics, backplane=backplane, hub=ctx.hub.settings
     )
     auth = Authenticator(new.auth)
     ctx.auth = auth

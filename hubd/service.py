@@ -20,6 +20,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from hubd import __version__, reload, sdnotify
 from hubd.core.auth import Authenticator
+from hubd.core.backplane import Backplane, MemoryBackplane
 from hubd.core.hub import CLOSE_GOING_AWAY, Hub
 from hubd.logs import configure as configure_logging
 from hubd.logs import event
@@ -185,14 +186,16 @@ async def run(
     notifier = sdnotify.Notifier.from_environ()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         hub = Hub(settings.hub, settings.limits)
+        backplane = make_backplane(settings, hub)
         ctx = WebContext(
             settings=settings,
             hub=hub,
             auth=Authenticator(settings.auth),
             trusted_proxies=settings.limits.trusted_networks,
+            backplane=backplane,
         )
         if settings.metrics.enabled:
-            ctx.metrics = Metrics(hub, ctx.http_counts)
+            ctx.metrics = Metrics(hub, ctx.http_counts, backplane)
         app = HubdApp(ctx)
         shutdown = trio.Event()
         stop_server = trio.Event()
@@ -205,11 +208,13 @@ async def run(
             listen=[_address(s) for s in listeners.main],
             activated=listeners.activated,
             tls=settings.server.tls,
+            backplane=settings.backplane.kind,
             metrics=_address(listeners.metrics) if listeners.metrics else None,
         )
         reloader = partial(_reload, ctx, config_path, notifier, log_handler)
         async with trio.open_nursery() as outer:
             outer.start_soon(_watch_signals, signals, shutdown, reloader)
+            await outer.start(backplane.run)
             async with trio.open_nursery() as server:
                 binds: list[str] = await server.start(
                     partial(
@@ -238,9 +243,21 @@ async def run(
                 trio.lowlevel.spawn_system_task(_exit_at, deadline, hub)
                 await drain(hub, deadline - _server_grace(timeout))
                 stop_server.set()
+            with trio.move_on_after(2) as release_scope:
+                release_scope.shield = True
+                await backplane.aclose()  # frees this node's client IPs at once
             outer.cancel_scope.cancel()
         event(log, logging.INFO, "stopped")
         notifier.close()
+
+
+def make_backplane(settings: Settings, hub: Hub) -> Backplane:
+    """The backplane `[backplane] kind` asks for (Redis is imported only when used)."""
+    if settings.backplane.kind == "redis":
+        from hubd.redis_backplane import RedisBackplane
+
+        return RedisBackplane(hub, settings.backplane)
+    return MemoryBackplane(hub)
 
 
 def _address(sock: socket.socket) -> str:

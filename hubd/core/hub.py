@@ -116,6 +116,17 @@ class Session:
         self.deliver(Frame(encode_bytes(envelope), channel=envelope.event_type), direct=True)
 
 
+def check_since(since: str) -> None:
+    """400 unless `since` looks like an event id (whether it is known is another matter)."""
+    if not is_event_id(since):
+        raise HubError(
+            400,
+            "bad_request",
+            f"since={since!r} is not an event id; use the 64-hex-digit id of the last "
+            "event received (or leave it out)",
+        )
+
+
 @dataclass(slots=True)
 class _Resume:
     held: list[Frame] = field(default_factory=list)
@@ -152,6 +163,8 @@ class Hub:
         # Event ids carry their publish position; recent events are kept for resuming.
         self.ids = EventIds()
         self.history = History(hub.history_size, hub.history_ttl)
+        # False when a backplane keeps the history instead (it then replays from there).
+        self.keep_history = True
         # The highest event seq published here so far (events arrive in seq order when a
         # backplane orders them; the in-memory hub numbers them itself).
         self.last_seq = 0
@@ -220,13 +233,8 @@ class Hub:
                 f"client IP {ip} already has an open connection; one connection per IP is "
                 "allowed (close it first)",
             )
-        if since is not None and not is_event_id(since):
-            raise HubError(
-                400,
-                "bad_request",
-                f"since={since!r} is not an event id; use the 64-hex-digit id of the last "
-                "event received (or leave it out)",
-            )
+        if since is not None:
+            check_since(since)
         if len(self.sessions) >= self.limits.max_connections:
             raise HubError(
                 503,
@@ -302,12 +310,16 @@ class Hub:
         if frame.channel is not None:
             self.dropped_by_channel[frame.channel] += 1
 
-    def unregister(self, session: Session) -> None:
-        """Forget a session and release its IP slot at once. Idempotent."""
+    def unregister(self, session: Session, *, refused: bool = False) -> None:
+        """Forget a session and release its IP slot at once. Idempotent. `refused`: it
+        was admitted here but refused before the upgrade (by the backplane), so it counts
+        as a rejection rather than an accepted and closed connection."""
         if not session.registered:
             return
         session.registered = False
-        if session.close_code is not None:
+        if refused:
+            self.accepted -= 1
+        elif session.close_code is not None:
             self.closed[str(session.close_code)] += 1
         else:
             self.closed["peer"] += 1
@@ -385,7 +397,7 @@ class Hub:
             session.mailbox.policy = policy
         self.settings = hub
         self.limits = limits
-        self.history.size = hub.history_size
+        self.history.size = hub.history_size if self.keep_history else 0
         self.history.ttl = hub.history_ttl
         return kept
 

@@ -54,7 +54,11 @@ class HubdApp:
 def _on_metrics_listener(ctx: WebContext, scope: Any) -> bool:
     address = ctx.metrics_address
     server = scope.get("server")
-    return address is not None and server is not None and tuple(server) == address
+    if address is None or server is None:
+        return False
+    host, port = address
+    # A wildcard bind (0.0.0.0, ::) sees connections on whatever local address they used.
+    return bool(server[1] == port and (host in ("0.0.0.0", "::") or server[0] == host))
 
 
 async def _metrics_listener(ctx: WebContext, scope: Any, receive: Any, send: Any) -> None:

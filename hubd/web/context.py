@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hubd.core.auth import Authenticator, Principal
+from hubd.core.backplane import Backplane, MemoryBackplane
 from hubd.core.clientip import Network
 from hubd.core.errors import HubError
 from hubd.core.hub import Hub
@@ -28,11 +29,15 @@ class WebContext:
     metrics_address: tuple[str, int] | None = None
     # False until every listener is serving; /v1/ready answers 503 until then.
     ready: bool = False
+    # How events reach other nodes; None: this node alone (a MemoryBackplane).
+    backplane: Backplane = field(default=None)  # type: ignore[assignment]
     # The configuration the process started with (what a reload cannot go beyond).
     started: Settings = field(init=False)
 
     def __post_init__(self) -> None:
         self.started = self.settings
+        if self.backplane is None:
+            self.backplane = MemoryBackplane(self.hub)
 
     def authenticate(self, headers: Mapping[str, str], access_token: str | None) -> Principal:
         """Authenticate from lower-cased request headers and the access_token query value."""

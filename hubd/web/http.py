@@ -13,9 +13,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from hubd import __version__
+from hubd.core.backplane import publish_through
 from hubd.core.errors import HubError
 from hubd.core.hub import Session
-from hubd.core.publishing import publish_request
 from hubd.web.context import WebContext
 from hubd.web.errors import error_body, json_bytes, payload_too_large
 
@@ -113,7 +113,7 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
     async def publish() -> Response:
         principal = ctx.authenticate(_headers(), request.args.get("access_token"))
         payload = await _body(ctx.settings.hub.max_publish_bytes)
-        result = publish_request(ctx.hub, principal, payload)
+        result = await publish_through(ctx.backplane, principal, payload)
         return _json(202, result.response())
 
     async def unsubscribe() -> Response:
@@ -129,7 +129,7 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
                 '{"client_id": "<id>", "event_types": ["<channel>", ...]} '
                 f"({exc})",
             ) from None
-        result = ctx.hub.unsubscribe(principal, body.client_id, body.event_types)
+        result = await ctx.backplane.unsubscribe(principal, body.client_id, body.event_types)
         log.info(
             "unsubscribed client_id=%s by=%s channels=%s",
             result.client_id,
@@ -178,7 +178,9 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             return _error(503, "not_ready", "the server is draining (shutting down)")
         if not ctx.ready:
             return _error(503, "not_ready", "the server is starting")
-        return _json(200, {"status": "ready"})
+        if not ctx.backplane.healthy:
+            return _error(503, "not_ready", f"the event backplane is down: {ctx.backplane.status}")
+        return _json(200, {"status": "ready", "backplane": ctx.backplane.status})
 
     async def metrics() -> Response:
         if ctx.metrics is None:

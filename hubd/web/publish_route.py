@@ -5,7 +5,7 @@ part of every event's latency. Quart's request machinery (request context, signa
 per-request nursery) cost about as much as everything else in a publish, so this one route
 is served below the Quart-Trio app, like the subscribe socket; every other route stays in
 Quart. Same rules, same JSON answers, same order of checks: credentials (401), body size
-(413, with `Connection: close` since the body is left unread), then `publish_request`.
+(413, with `Connection: close` since the body is left unread), then `publish_through`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hubd.core.backplane import publish_through
 from hubd.core.errors import HubError
-from hubd.core.publishing import publish_request
 from hubd.web.context import WebContext
 from hubd.web.errors import error_body, json_bytes, payload_too_large
 from hubd.web.scope import headers as scope_headers
@@ -66,7 +66,7 @@ async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -
         payload = await _read_body(receive, limit)
         if payload is None:
             return  # the client is gone: nothing was published
-        result = publish_request(ctx.hub, principal, payload)
+        result = await publish_through(ctx.backplane, principal, payload)
         await _respond(send, 202, json_bytes(result.response()))
     except HubError as exc:
         await _respond(send, exc.status, error_body(exc.code, exc.message), close=exc.status == 413)

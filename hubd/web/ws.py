@@ -9,11 +9,13 @@ it runs once per delivery.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
+from hubd.core.auth import Principal
+from hubd.core.backplane import join
 from hubd.core.clientip import resolve_client_ip
 from hubd.core.errors import HubError
-from hubd.core.hub import Session
 from hubd.core.session import serve_session
 from hubd.core.transport import Transport
 from hubd.logs import event
@@ -55,8 +57,16 @@ def check_origin(origin: str | None, host: str | None, allowed: list[str]) -> No
     )
 
 
-def _admit(ctx: WebContext, scope: Scope) -> tuple[str, Session | HubError]:
-    """Check the Origin, resolve the client IP, authenticate and admit, from the handshake.
+@dataclass(frozen=True, slots=True)
+class _Request:
+    principal: Principal
+    event_types: str | None
+    batch: bool
+    since: str | None
+
+
+def _read_request(ctx: WebContext, scope: Scope) -> tuple[str, _Request | HubError]:
+    """Check the Origin, resolve the client IP and authenticate, from the handshake.
 
     A plain function so that the parsed headers and query die with it instead of living
     as long as the connection (they were a measurable part of each idle connection)."""
@@ -74,12 +84,28 @@ def _admit(ctx: WebContext, scope: Scope) -> tuple[str, Session | HubError]:
             headers.get("origin"), headers.get("host"), ctx.settings.server.allowed_origins
         )
         principal = ctx.authenticate(headers, query.get("access_token"))
-        batch = _flag(query, "batch")
-        # Resume point: ?since= (any client) or Last-Event-ID (the SSE convention).
-        since = query.get("since") or headers.get("last-event-id") or None
-        return ip, ctx.hub.admit(principal, ip, query.get("event_types"), batch=batch, since=since)
+        return ip, _Request(
+            principal=principal,
+            event_types=query.get("event_types"),
+            batch=_flag(query, "batch"),
+            # Resume point: ?since= (any client) or Last-Event-ID (the SSE convention).
+            since=query.get("since") or headers.get("last-event-id") or None,
+        )
     except HubError as exc:
         return ip, exc
+
+
+def _rejected(ctx: WebContext, ip: str, error: HubError) -> None:
+    ctx.hub.rejected[error.status] += 1
+    event(
+        log,
+        logging.INFO,
+        "rejected",
+        ip=ip,
+        status=error.status,
+        error=error.code,
+        message=error.message,
+    )
 
 
 def _flag(query: dict[str, str], name: str) -> bool:
@@ -117,21 +143,23 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
             f"no WebSocket endpoint at {scope['path']!r}; subscribe at /v1/ws/subscribe",
         )
         return
-    ip, outcome = _admit(ctx, scope)
-    if isinstance(outcome, HubError):
-        ctx.hub.rejected[outcome.status] += 1
-        event(
-            log,
-            logging.INFO,
-            "rejected",
-            ip=ip,
-            status=outcome.status,
-            error=outcome.code,
-            message=outcome.message,
+    ip, request = _read_request(ctx, scope)
+    try:
+        if isinstance(request, HubError):
+            raise request
+        session = await join(
+            ctx.backplane,
+            request.principal,
+            ip,
+            request.event_types,
+            batch=request.batch,
+            since=request.since,
         )
-        await reject(send, outcome.status, outcome.code, outcome.message)
+    except HubError as exc:
+        _rejected(ctx, ip, exc)
+        await reject(send, exc.status, exc.code, exc.message)
         return
-    session = outcome
+    del request
     try:
         event(
             log,
@@ -156,3 +184,4 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
         await serve_session(ctx.hub, session, transport)
     finally:
         ctx.hub.unregister(session)
+        ctx.backplane.release(session)

@@ -599,7 +599,7 @@ async def test_ready_when_serving(
     response = await http.get(f"{prefix}/ready")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/json")
-    assert response.json() == {"status": "ready"}
+    assert response.json() == {"status": "ready", "backplane": "memory"}
 
 
 async def test_not_ready_while_draining(start_hubd: StartHubd) -> None:

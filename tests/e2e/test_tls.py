@@ -209,3 +209,17 @@ def test_tls_cert_without_tls_key_is_a_config_error(ca: trustme.CA, tmp_path: Pa
         [HUBD, "check-config", str(path)], capture_output=True, text=True, timeout=30
     )
     assert_refused(result, "server", "'tls_cert' and 'tls_key'")
+
+
+def test_check_config_loads_the_tls_files_too(ca: trustme.CA, tmp_path: Path) -> None:
+    cert, _ = issue(ca, tmp_path)
+    missing = tmp_path / "no-such-key.pem"
+    path = tmp_path / "check.toml"
+    path.write_text(
+        render_config(config_for(server={"tls_cert": str(cert), "tls_key": str(missing)})),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [HUBD, "check-config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert_refused(result, "server.tls_key", str(missing))

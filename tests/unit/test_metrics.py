@@ -399,3 +399,19 @@ async def test_http_requests_by_route_and_status() -> None:
         ("/metrics", "200"): 1,
         ("other", "404"): 1,
     }
+
+
+def test_the_metrics_listener_is_recognised_on_a_wildcard_bind() -> None:
+    from types import SimpleNamespace
+
+    from hubd.web.app import _on_metrics_listener
+
+    def on(bound: tuple[str, int], local: tuple[str, int]) -> bool:
+        ctx: Any = SimpleNamespace(metrics_address=bound)
+        return _on_metrics_listener(ctx, {"server": local})
+
+    assert on(("127.0.0.1", 9100), ("127.0.0.1", 9100))
+    assert on(("0.0.0.0", 9100), ("10.1.2.3", 9100))
+    assert on(("::", 9100), ("::1", 9100))
+    assert not on(("127.0.0.1", 9100), ("127.0.0.1", 8080))
+    assert not on(("10.0.0.1", 9100), ("127.0.0.1", 9100))

@@ -1,0 +1,188 @@
+"""How a hub shares events, history and connection facts with other nodes.
+
+The web layer talks to a `Backplane`, never to the transport behind it:
+
+- `MemoryBackplane` (the default): one node; everything happens in this process.
+- `hubd.redis_backplane.RedisBackplane`: several nodes sharing one Redis.
+
+Every backplane gives the same guarantees (tested by one contract suite): an accepted
+publish reaches every subscriber of every node once, in publish order per publisher;
+`replay` returns what a resuming client missed; `claim_ip` enforces one connection per
+client IP across the nodes; `clients` and `unsubscribe` reach connections on any node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+import trio
+
+from hubd.core.auth import Principal
+from hubd.core.errors import HubError
+from hubd.core.history import Replay, parse_id
+from hubd.core.hub import Hub, Session, UnsubscribeResult, check_since
+from hubd.core.publishing import (
+    Checked,
+    PublishResult,
+    RemoteClient,
+    check_request,
+    decode_request,
+    publish_checked,
+    publish_request,
+)
+
+
+async def publish_through(
+    backplane: Backplane, principal: Principal, payload: bytes
+) -> PublishResult:
+    """A whole publish request: decode, check everything (targets may live on other
+    nodes), then publish all events or none."""
+    hub = backplane.hub
+    if not backplane.distributed:
+        return publish_request(hub, principal, payload)  # no await: nothing to wait for
+    events, batch = decode_request(payload)
+    targets = {e.client_id for e in events if e.client_id is not None}
+    remote = await backplane.clients(targets) if targets else {}
+    checked = check_request(hub, principal, events, batch, remote)
+    return PublishResult(await backplane.publish(checked), batch)
+
+
+async def join(
+    backplane: Backplane,
+    principal: Principal,
+    ip: str,
+    event_types: str | None,
+    *,
+    batch: bool = False,
+    since: str | None = None,
+) -> Session:
+    """Admit a subscriber on this node and, with a distributed backplane, in the cluster:
+    its IP is claimed cluster-wide (409 when another node holds it) and a resume is
+    replayed from the backplane's history while live events for it are held back.
+    Raises `HubError`; on failure nothing stays registered."""
+    hub = backplane.hub
+    if not backplane.distributed:
+        return hub.admit(principal, ip, event_types, batch=batch, since=since)
+    if since is not None:
+        check_since(since)
+    session = hub.admit(principal, ip, event_types, batch=batch)
+    if since is not None:
+        # Before any await: from here, live events for it are held until the replay is in.
+        hub.begin_resume(session)
+    try:
+        if not await backplane.claim_ip(session):
+            raise HubError(
+                409,
+                "ip_in_use",
+                f"client IP {ip} already has an open connection on another node; one "
+                "connection per IP is allowed (close it first)",
+            )
+        if since is not None:
+            replay = await backplane.replay(session.subscriptions, since)
+            hub.finish_resume(session, replay.frames, replay.complete)
+    except BaseException:
+        hub.unregister(session, refused=True)
+        backplane.release(session)
+        raise
+    return session
+
+
+def unavailable(why: str) -> HubError:
+    """503 for work that needs the backplane while it is unreachable."""
+    return HubError(
+        503,
+        "backplane_unavailable",
+        f"the event backplane is unavailable ({why}); nothing was accepted, retry shortly",
+    )
+
+
+class Backplane(Protocol):
+    hub: Hub
+
+    @property
+    def distributed(self) -> bool:
+        """True when other nodes share this hub's events (admission and replay then
+        need a round trip)."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the backplane cannot be reached: publishes and new subscribers
+        get 503 and the node reports not ready."""
+
+    @property
+    def status(self) -> str:
+        """One line saying what the backplane is doing (for logs and readiness)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the backplane connected and deliver other nodes' events into the hub."""
+
+    async def publish(self, checked: list[Checked]) -> list[str]:
+        """Publish checked events to every node; returns their ids in order."""
+
+    async def clients(self, client_ids: Iterable[str]) -> dict[str, RemoteClient]:
+        """The given clients that are connected to other nodes."""
+
+    async def claim_ip(self, session: Session) -> bool:
+        """Record `session` cluster-wide; False if its IP has a connection on another node."""
+
+    def release(self, session: Session) -> None:
+        """Forget a session cluster-wide (best effort: leases expire anyway)."""
+
+    async def replay(self, channels: list[str], since: str) -> Replay:
+        """What a client resuming from event `since` missed on `channels`."""
+
+    async def unsubscribe(
+        self, principal: Principal, client_id: str, channels: list[str]
+    ) -> UnsubscribeResult:
+        """Unsubscribe a client wherever it is connected."""
+
+    async def aclose(self) -> None:
+        """Release what the backplane holds (connections, leases)."""
+
+
+class MemoryBackplane:
+    """A single node: the hub is the whole cluster."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    @property
+    def distributed(self) -> bool:
+        return False
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    @property
+    def status(self) -> str:
+        return "memory"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def publish(self, checked: list[Checked]) -> list[str]:
+        return publish_checked(self.hub, checked)
+
+    async def clients(self, client_ids: Iterable[str]) -> dict[str, RemoteClient]:
+        return {}
+
+    async def claim_ip(self, session: Session) -> bool:
+        return True  # Hub.admit already enforced it: this node is the only one
+
+    def release(self, session: Session) -> None:
+        pass
+
+    async def replay(self, channels: list[str], since: str) -> Replay:
+        hub = self.hub
+        return hub.history.replay(channels, parse_id(since, hub.ids.epoch), trio.current_time())
+
+    async def unsubscribe(
+        self, principal: Principal, client_id: str, channels: list[str]
+    ) -> UnsubscribeResult:
+        return self.hub.unsubscribe(principal, client_id, channels)
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,616 @@
+"""Several hubd nodes acting as one hub through one Redis server (coredis, on trio).
+
+What Redis holds (all keys under `backplane.prefix`, "hubd" by default):
+
+- `<p>:epoch`: the cluster's id epoch (8 hex), set once; `<p>:seq`: the event counter.
+- `<p>:stream:<channel>`: each channel's history, a Stream capped at `hub.history_size`
+  entries; entry id `<seq>-0`, fields `f` (the event's JSON) and `t` (publish time, ms).
+  `<p>:evicted`: per channel, the newest seq trimmed from its stream.
+- `<p>:events`: the Pub/Sub channel every node listens to; one message per event:
+  `<channel>\\n<target client_id or empty>\\n<seq>\\n<event JSON>`.
+- `<p>:control`: Pub/Sub for commands to the node holding a connection (unsubscribe).
+- `<p>:ip:<ip>` and `<p>:client:<client_id>`: which node holds which client IP and
+  connection, as leases the node renews every `lease_seconds / 3`.
+
+A publish is one Lua script: it numbers the events, stores them in their channel's
+stream and announces them, atomically, so every node sees events in sequence order and a
+node that lost its subscription can catch up exactly from the streams. Many events of a
+request share that one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import coredis
+import coredis.exceptions
+import trio
+from coredis.retry import NoRetryPolicy
+
+from hubd.core.auth import Principal
+from hubd.core.backplane import unavailable
+from hubd.core.errors import HubError
+from hubd.core.frame import Frame
+from hubd.core.history import EPOCH_HEX, Replay, new_epoch, parse_id
+from hubd.core.hub import Hub, Session, UnsubscribeResult
+from hubd.core.publishing import Checked, RemoteClient
+from hubd.logs import event
+from hubd.protocol.channels import GLOBAL, UnknownChannelError, normalize
+from hubd.protocol.envelope import Envelope, encode_bytes, utc_timestamp
+from hubd.settings import BackplaneSettings
+
+log = logging.getLogger("hubd.backplane")
+
+_ID_PLACEHOLDER = "0" * 64
+# encode_bytes(Envelope(id=...)) starts with this, then the id, then a closing quote.
+_ID_PREFIX = b'{"id":"'
+_REST_AT = len(_ID_PREFIX) + 64 + 1
+
+# KEYS: seq. ARGV: prefix, epoch, history_size, now_ms, then per event: channel, target,
+# random tail (40 hex), the event JSON after its id.
+_PUBLISH = """
+local prefix, epoch, size, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local n = (#ARGV - 4) / 4
+local seq = redis.call('INCRBY', KEYS[1], n) - n
+local ids = {}
+for i = 0, n - 1 do
+  local channel, target = ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+  seq = seq + 1
+  local id = epoch .. string.format('%016x', seq) .. ARGV[7 + 4 * i]
+  local payload = '{"id":"' .. id .. '"' .. ARGV[8 + 4 * i]
+  if target == '' and size > 0 then
+    local key = prefix .. ':stream:' .. channel
+    local excess = redis.call('XLEN', key) - size + 1
+    if excess > 0 then
+      -- Remember the newest event this XADD trims: a resume from before it is incomplete.
+      local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+      redis.call('HSET', prefix .. ':evicted', channel,
+                 string.match(gone[#gone][1], '^(%d+)'))
+    end
+    redis.call('XADD', key, 'MAXLEN', size, seq .. '-0', 'f', payload, 't', now)
+  end
+  redis.call('PUBLISH', prefix .. ':events',
+             channel .. '\\n' .. target .. '\\n' .. seq .. '\\n' .. payload)
+  ids[i + 1] = id
+end
+return ids
+"""
+
+# KEYS: ip key, client key. ARGV: owner value, lease ms, node, principal, subscriptions.
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'node', ARGV[3], 'principal', ARGV[4], 'subs', ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# ARGV: lease ms, node, then per connection: ip key, owner value, client key,
+# subscriptions, principal. A claim Redis lost (restarted without persistence) is made
+# again; one another node took meanwhile is left to it.
+_RENEW = """
+for i = 3, #ARGV, 5 do
+  local holder = redis.call('GET', ARGV[i])
+  if holder == false then
+    redis.call('SET', ARGV[i], ARGV[i + 1], 'PX', ARGV[1])
+  elseif holder == ARGV[i + 1] then
+    redis.call('PEXPIRE', ARGV[i], ARGV[1])
+  end
+  redis.call('HSET', ARGV[i + 2], 'node', ARGV[2], 'principal', ARGV[i + 4],
+             'subs', ARGV[i + 3])
+  redis.call('PEXPIRE', ARGV[i + 2], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: ip key, client key. ARGV: owner value.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    coredis.exceptions.ConnectionError,
+    coredis.exceptions.BusyLoadingError,
+    OSError,
+    TimeoutError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    EOFError,
+)
+
+
+def _connection_error(exc: BaseException) -> BaseException | None:
+    """The connection failure inside `exc` (coredis raises them in exception groups from
+    its task groups), or None when it is something else."""
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _connection_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _cancellation(exc: BaseException) -> BaseException | None:
+    """The trio cancellation inside `exc`, if any: while being cancelled, coredis may
+    also report the connection it is tearing down as closed, which is not a failure."""
+    if isinstance(exc, trio.Cancelled):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, _ = exc.split(trio.Cancelled)
+        return cancelled
+    return None
+
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+RELEASE_QUEUE = 10_000
+
+
+def _client_options(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    options: dict[str, Any] = {}
+    if parts.scheme == "unix":
+        options["unix_socket_path"] = parts.path
+    else:
+        options["host"] = parts.hostname or "127.0.0.1"
+        options["port"] = parts.port or 6379
+        options["ssl"] = parts.scheme == "rediss"
+        db = parts.path.strip("/")
+        options["db"] = int(db) if db.isdigit() else 0
+    if parts.username:
+        options["username"] = parts.username
+    if parts.password:
+        options["password"] = parts.password
+    return options
+
+
+class RedisBackplane:
+    """A node of a hubd cluster sharing one Redis. See the module docstring."""
+
+    def __init__(self, hub: Hub, settings: BackplaneSettings, node: str | None = None) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.node = node or random.getrandbits(64).to_bytes(8, "big").hex()
+        self.prefix = settings.prefix
+        self._client: coredis.Redis[bytes] | None = None
+        self._why = "not connected yet"
+        self._connected = trio.Event()
+        self._releases_send, self._releases = trio.open_memory_channel[tuple[str, str, str]](
+            RELEASE_QUEUE
+        )
+        self.releases_dropped = 0
+        # Every subscriber's claim: client_id -> (ip key, owner value, client key).
+        self._claims: dict[str, tuple[str, str, str]] = {}
+        self._epoch_seen: str | None = None
+        hub.keep_history = False  # history lives in Redis; the hub need not keep its own
+        hub.history.size = 0
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def distributed(self) -> bool:
+        return True
+
+    @property
+    def healthy(self) -> bool:
+        return self._client is not None
+
+    @property
+    def status(self) -> str:
+        return "redis: connected" if self.healthy else f"redis: unavailable ({self._why})"
+
+    async def wait_healthy(self) -> None:
+        """Return once connected (at once if already)."""
+        while self._client is None:
+            await self._connected.wait()
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _require(self) -> coredis.Redis[bytes]:
+        if self._client is None:
+            raise unavailable(self._why)
+        return self._client
+
+    def _lost(self, exc: BaseException) -> HubError:
+        self._why = _describe(exc)
+        return unavailable(self._why)
+
+    # -- the connection ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, listen and renew leases; on any connection failure, mark the backplane
+        unavailable, log why and reconnect with exponential backoff and jitter. Reports
+        started at once: a node serves its local subscribers even while Redis is down."""
+        task_status.started()
+        delay = BACKOFF_FIRST
+        options = _client_options(self.settings.url)
+        while True:
+            try:
+                async with coredis.Redis(
+                    **options,
+                    decode_responses=False,
+                    connect_timeout=2.0,
+                    stream_timeout=5.0,
+                    retry_policy=NoRetryPolicy(),
+                ) as client:
+                    await self._session(client)
+            except BaseException as raised:
+                cancelled = _cancellation(raised)
+                if cancelled is not None:
+                    self._client = None
+                    raise cancelled from None
+                exc = _connection_error(raised)
+                if exc is None:
+                    raise
+                was_up = self._client is not None
+                self._client = None
+                self._connected = trio.Event()
+                self._why = _describe(exc)
+                if was_up:
+                    log.error("backplane lost: %s; publishes get 503 until it is back", self._why)
+                else:
+                    log.warning("backplane unavailable: %s; retrying in %.1fs", self._why, delay)
+            else:  # pragma: no cover - _session only returns by raising
+                self._client = None
+            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(BACKOFF_MAX, delay * 2)
+            if self._client is None and delay >= BACKOFF_MAX:
+                delay = BACKOFF_MAX
+
+    async def _session(self, client: coredis.Redis[bytes]) -> None:
+        await client.ping()
+        epoch = await self._epoch(client)
+        events, control = self._key("events"), self._key("control")
+        async with client.pubsub(
+            channels=[events, control], retry_policy=NoRetryPolicy()
+        ) as pubsub:
+            # Subscribed: anything published from here on is buffered in `pubsub`.
+            # Catch up from the streams first, so a lost subscription loses nothing.
+            await self._catch_up(client)
+            self._client = client
+            self._connected.set()
+            await self._reclaim(client)
+            event(
+                log,
+                logging.INFO,
+                "backplane connected",
+                url=_safe(self.settings.url),
+                node=self.node,
+                epoch=epoch,
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._renew, client)
+                nursery.start_soon(self._release_loop, client)
+                async for message in pubsub:
+                    if message["type"] != "message":
+                        continue
+                    data = _bytes(message["data"])
+                    if _bytes(message["channel"]) == events.encode():
+                        self._deliver(data)
+                    else:
+                        self._control(data)
+                raise coredis.exceptions.ConnectionError("subscription ended")
+
+    async def _epoch(self, client: coredis.Redis[bytes]) -> str:
+        key = self._key("epoch")
+        await client.set(key, new_epoch(), condition=coredis.PureToken.NX)
+        value = await client.get(key)
+        epoch = value.decode() if isinstance(value, bytes) else str(value)
+        if len(epoch) != EPOCH_HEX:
+            raise coredis.exceptions.ConnectionError(f"{key} holds {epoch!r}, not an epoch")
+        hub = self.hub
+        if self._epoch_seen is not None and epoch != self._epoch_seen:
+            # Redis lost its data (restarted without persistence, flushed): numbering
+            # starts again and the old history is gone; resumes from old ids say so.
+            log.warning(
+                "backplane: Redis has a new epoch %s (was %s): its history was lost; "
+                "events are numbered afresh",
+                epoch,
+                self._epoch_seen,
+            )
+            hub.last_seq = 0
+        self._epoch_seen = epoch
+        hub.ids.epoch = epoch
+        return epoch
+
+    # -- events ------------------------------------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        """One event from the cluster (this node's own included) to local subscribers."""
+        channel_b, target_b, seq_b, payload = data.split(b"\n", 3)
+        seq = int(seq_b)
+        hub = self.hub
+        if seq <= hub.last_seq:
+            return  # already delivered by a catch-up
+        channel = channel_b.decode()
+        frame = Frame(payload, trio.current_time(), channel, seq)
+        if target_b:
+            target = hub.sessions.get(target_b.decode())
+            if target is None:
+                hub.last_seq = seq
+                return
+            hub.publish(channel, frame, target, direct=True, seq=seq)
+        elif channel in hub.channels:
+            hub.publish(channel, frame, direct=True, seq=seq)
+        else:
+            hub.last_seq = seq
+
+    async def _catch_up(self, client: coredis.Redis[bytes]) -> None:
+        """Deliver what the streams hold past the last event this node delivered (after
+        a reconnect; on first connect there is nothing to catch up)."""
+        hub = self.hub
+        if hub.last_seq == 0:
+            current = await client.get(self._key("seq"))
+            hub.last_seq = int(current) if current else 0
+            return
+        entries = await self._read_streams(client, sorted(hub.channels), hub.last_seq)
+        missed = 0
+        for seq, channel, payload, _ in entries:
+            if seq > hub.last_seq:
+                hub.publish(channel, Frame(payload, trio.current_time(), channel, seq), seq=seq)
+                missed += 1
+        if missed:
+            log.warning("backplane: delivered %d event(s) missed while disconnected", missed)
+
+    async def _read_streams(
+        self, client: coredis.Redis[bytes], channels: list[str], after: int
+    ) -> list[tuple[int, str, bytes, int]]:
+        """(seq, channel, event JSON, publish time ms) past `after`, in seq order."""
+        out: list[tuple[int, str, bytes, int]] = []
+        for channel in channels:
+            entries = await client.xrange(self._key("stream", channel), f"({after}-0", "+")
+            for entry in entries:
+                seq = int(_bytes(entry.identifier).split(b"-", 1)[0])
+                fields = {_bytes(k): _bytes(v) for k, v in entry.field_values.items()}
+                out.append((seq, channel, fields[b"f"], int(fields[b"t"])))
+        out.sort(key=lambda item: item[0])
+        return out
+
+    async def publish(self, checked: list[Checked]) -> list[str]:
+        client = self._require()
+        args: list[str | bytes | int] = [
+            self.prefix,
+            self.hub.ids.epoch,
+            self.hub.settings.history_size,
+            _now_ms(),
+        ]
+        for item in checked:
+            payload = encode_bytes(
+                Envelope(
+                    id=_ID_PLACEHOLDER,
+                    event_type=item.channel,
+                    timestamp=utc_timestamp(),
+                    message=item.event.message,
+                    body=item.event.body,
+                    client_id=item.event.client_id,
+                )
+            )
+            args += [
+                item.channel,
+                item.event.client_id or "",
+                random.getrandbits(160).to_bytes(20, "big").hex(),
+                payload[_REST_AT:],
+            ]
+        try:
+            ids = await client.eval(_PUBLISH, keys=[self._key("seq")], args=args)
+        except _CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+        assert isinstance(ids, list)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def replay(self, channels: list[str], since: str) -> Replay:
+        client = self._require()
+        after = parse_id(since, self.hub.ids.epoch)
+        if after is None:
+            return Replay([], False)
+        try:
+            entries = await self._read_streams(client, channels, after)
+            evicted = await client.hmget(self._key("evicted"), channels)
+        except _CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+        complete = all(value is None or int(_bytes(value)) <= after for value in evicted)
+        oldest = _now_ms() - int(self.hub.settings.history_ttl * 1000)
+        frames: list[Frame] = []
+        for seq, channel, payload, at_ms in entries:
+            if at_ms < oldest:
+                complete = False  # expired: no longer held
+                continue
+            frames.append(Frame(payload, None, channel, seq))
+        return Replay(frames, complete)
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def claim_ip(self, session: Session) -> bool:
+        client = self._require()
+        ip_key = self._key("ip", session.ip)
+        client_key = self._key("client", session.client_id)
+        owner = f"{self.node}:{session.client_id}"
+        try:
+            won = await client.eval(
+                _CLAIM,
+                keys=[ip_key, client_key],
+                args=[
+                    owner,
+                    self._lease_ms,
+                    self.node,
+                    session.principal.name,
+                    ",".join(session.subscriptions),
+                ],
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+        if won:
+            self._claims[session.client_id] = (ip_key, owner, client_key)
+        return bool(won)
+
+    def release(self, session: Session) -> None:
+        claim = self._claims.pop(session.client_id, None)
+        if claim is None:
+            return
+        try:
+            self._releases_send.send_nowait(claim)
+        except trio.WouldBlock:
+            self.releases_dropped += 1  # its lease expires on its own
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.settings.lease_seconds * 1000)
+
+    async def _release_loop(self, client: coredis.Redis[bytes]) -> None:
+        async for ip_key, owner, client_key in self._releases:
+            await client.eval(_RELEASE, keys=[ip_key, client_key], args=[owner])
+
+    async def _renew(self, client: coredis.Redis[bytes]) -> None:
+        while True:
+            await trio.sleep(self.settings.lease_seconds / 3)
+            await self._reclaim(client)
+
+    async def _reclaim(self, client: coredis.Redis[bytes]) -> None:
+        """Renew every lease this node holds (and re-state each connection's channels)."""
+        sessions = self.hub.sessions
+        args: list[str | int] = [self._lease_ms, self.node]
+        for client_id, (ip_key, owner, client_key) in list(self._claims.items()):
+            session = sessions.get(client_id)
+            if session is None:
+                continue
+            args += [
+                ip_key,
+                owner,
+                client_key,
+                ",".join(session.subscriptions),
+                session.principal.name,
+            ]
+        if len(args) > 2:
+            await client.eval(_RENEW, keys=[], args=args)
+
+    async def clients(self, client_ids: Iterable[str]) -> dict[str, RemoteClient]:
+        wanted = [c for c in client_ids if c not in self.hub.sessions]
+        if not wanted:
+            return {}
+        client = self._require()
+        found: dict[str, RemoteClient] = {}
+        try:
+            for client_id in wanted:
+                fields = await client.hgetall(self._key("client", client_id))
+                if fields:
+                    found[client_id] = _remote(client_id, fields)
+        except _CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+        return found
+
+    async def unsubscribe(
+        self, principal: Principal, client_id: str, channels: list[str]
+    ) -> UnsubscribeResult:
+        hub = self.hub
+        if client_id in hub.sessions:
+            return hub.unsubscribe(principal, client_id, channels)
+        try:
+            requested = normalize(channels, hub.channels)
+        except UnknownChannelError as exc:
+            raise HubError(400, "unknown_channel", str(exc)) from None
+        if not requested:
+            raise HubError(400, "bad_request", "event_types must list at least one channel")
+        if requested == [GLOBAL]:
+            raise HubError(
+                400, "bad_request", "'global' cannot be unsubscribed; list other channels to remove"
+            )
+        remote = (await self.clients([client_id])).get(client_id)
+        if remote is None:
+            raise HubError(
+                404, "unknown_client", f"no connected client has client_id {client_id!r}"
+            )
+        if remote.principal != principal.name and not principal.is_admin:
+            raise HubError(
+                403,
+                "forbidden",
+                f"client {client_id!r} belongs to another principal; only its owner or an "
+                "admin may unsubscribe it",
+            )
+        removed = [c for c in requested if c != GLOBAL and c in remote.subscriptions]
+        ignored = [c for c in requested if c not in removed]
+        left = [c for c in remote.subscriptions if c not in removed]
+        if removed:
+            client = self._require()
+            try:
+                await client.hset(self._key("client", client_id), {"subs": ",".join(left)})
+                await client.publish(
+                    self._key("control"), f"unsub\n{client_id}\n{','.join(removed)}"
+                )
+            except _CONNECTION_ERRORS as exc:
+                raise self._lost(exc) from None
+        return UnsubscribeResult(
+            client_id=client_id, unsubscribed=removed, ignored=ignored, subscriptions=left
+        )
+
+    def _control(self, data: bytes) -> None:
+        parts = data.decode(errors="replace").split("\n")
+        if len(parts) == 3 and parts[0] == "unsub":
+            session = self.hub.sessions.get(parts[1])
+            if session is not None:
+                # Authorised by the node that took the request.
+                self.hub.unsubscribe(_CLUSTER, parts[1], parts[2].split(","))
+
+    async def aclose(self) -> None:
+        """Release this node's claims at once (a clean stop frees the IPs immediately)."""
+        client = self._client
+        if client is None:
+            return
+        with trio.move_on_after(2):
+            for ip_key, owner, client_key in list(self._claims.values()):
+                await client.eval(_RELEASE, keys=[ip_key, client_key], args=[owner])
+        self._claims.clear()
+
+
+_CLUSTER = Principal(name="cluster", roles=frozenset({"admin"}), channels=None, kind="token")
+
+
+def _remote(client_id: str, fields: dict[bytes, bytes]) -> RemoteClient:
+    subs = fields.get(b"subs", b"").decode()
+    return RemoteClient(
+        client_id=client_id,
+        principal=fields.get(b"principal", b"").decode(),
+        subscriptions=[c for c in subs.split(",") if c],
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return str(value).encode()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return parts._replace(netloc=netloc).geturl()
+    return url
