@@ -2,7 +2,8 @@
 
     python -m bench core                 # the core alone, in process, no sockets
     python -m bench load [SCENARIO ...]  # a real `hubd serve` on loopback, started here
-    python -m bench                      # both, the defaults `make bench` runs
+    python -m bench cluster              # fan-out across two nodes sharing a redis-server
+    python -m bench                      # all of them, the defaults `make bench` runs
 
 Each figure is the median of --reps runs; `load` also prints the batch=1 / default ratio
 measured in the same run, which is what to quote on a shared, noisy machine.
@@ -27,7 +28,7 @@ from bench.core import run_core
 from bench.loadgen import Target, median_summary, rss_kb, run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"ready listening on http://127\.0\.0\.1:(\d+)")
+READY = re.compile(r"\bready listening=http://127\.0\.0\.1:(\d+)")
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "light": {"subs": 20, "rate": 50, "duration": 5},
@@ -56,10 +57,10 @@ roles = ["admin"]
 class Server:
     """A `hubd serve` subprocess on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: str = "") -> None:
         fd, self.config = tempfile.mkstemp(suffix=".toml", prefix="hubd-bench-")
         with os.fdopen(fd, "w") as f:
-            f.write(CONFIG)
+            f.write(CONFIG + extra)
         # The log goes to a file, not a pipe: a pipe nobody drains would block the server.
         self.log = self.config.replace(".toml", ".log")
         with open(self.log, "w") as log:
@@ -119,6 +120,80 @@ def run_load(scenarios: list[str], reps: int) -> list[dict[str, Any]]:
     return summaries
 
 
+CLUSTER = {"subs": 200, "batch": 50, "duration": 5, "window": 2000}
+
+
+def run_cluster(reps: int) -> dict[str, Any]:
+    """Fan-out with the publisher on node A and subscribers split over nodes A and B
+    (sharing one redis-server), against one in-memory node in the same run."""
+    ulimit_raise()
+    redis = RedisProcess()
+    single: list[dict[str, Any]] = []
+    cluster: list[dict[str, Any]] = []
+    try:
+        for rep in range(reps):
+            server = Server()
+            try:
+                target = Target("127.0.0.1", server.port, "bench", server.proc.pid)
+                single.append(trio.run(_run, target, "cluster", dict(CLUSTER)))
+            finally:
+                server.stop()
+            backplane = (
+                f'\n[backplane]\nkind = "redis"\nurl = "redis://127.0.0.1:{redis.port}/0"\n'
+                f'prefix = "bench{rep}-{os.getpid()}"\n'
+            )
+            a, b = Server(backplane), Server(backplane)
+            try:
+                target = Target("127.0.0.1", a.port, "bench", None, sub_ports=(a.port, b.port))
+                cluster.append(trio.run(_run, target, "cluster", dict(CLUSTER)))
+            finally:
+                a.stop()
+                b.stop()
+    finally:
+        redis.stop()
+    one, two = median_summary(single), median_summary(cluster)
+    summary = {"scenario": "cluster", "single_node": one, "two_nodes": two}
+    if one.get("deliveries_per_s") and two.get("deliveries_per_s"):
+        summary["two_nodes_over_single"] = round(
+            two["deliveries_per_s"] / one["deliveries_per_s"], 2
+        )
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+class RedisProcess:
+    """A throwaway redis-server on a free loopback port, without persistence."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise SystemExit("bench cluster needs redis-server (apt-get install -y redis-server)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 async def _run(target: Target, name: str, opts: dict[str, Any]) -> dict[str, Any]:
     return await run_scenario(target, name, **opts)
 
@@ -134,7 +209,9 @@ def ulimit_raise() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["all", "core", "load"])
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["all", "core", "load", "cluster"]
+    )
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help=", ".join(SCENARIOS))
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
@@ -147,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_core(reps=args.reps)), flush=True)
     if args.what in ("all", "load"):
         run_load(args.scenarios, args.reps)
+    if args.what in ("all", "cluster"):
+        run_cluster(args.reps)
     return 0
 
 

@@ -171,6 +171,12 @@ class Target:
     token: str
     pid: int | None
     batch: bool = False
+    # Ports subscribers are spread over, round robin (default: `port`). The publisher
+    # always posts to `port`: with several nodes, events cross the backplane.
+    sub_ports: tuple[int, ...] = ()
+
+    def sub_port(self, index: int) -> int:
+        return self.sub_ports[index % len(self.sub_ports)] if self.sub_ports else self.port
 
     @property
     def path(self) -> str:
@@ -185,7 +191,11 @@ async def _subscriber(
 ) -> None:
     """Connect (failures raise to the starter), then read until closed or cancelled."""
     client, _ = await Client.connect(
-        target.host, target.port, target.path, target.token, source_address(sub.index)
+        target.host,
+        target.sub_port(sub.index),
+        target.path,
+        target.token,
+        source_address(sub.index),
     )
     sub.connected = True
     task_status.started()
@@ -283,7 +293,7 @@ async def run_scenario(target: Target, scenario: str, **opts: Any) -> dict[str, 
                 "survivors": sum(s.connected and s.closed_code is None for s in subs),
             }
         expected = 0
-        if scenario in ("light", "fanout"):
+        if scenario in ("light", "fanout", "cluster"):
             stream = await trio.open_tcp_stream(target.host, target.port)
             seq = 0
             start = time.perf_counter()
