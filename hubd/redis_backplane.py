@@ -300,10 +300,15 @@ class RedisBackplane:
                     if message["type"] != "message":
                         continue
                     data = _bytes(message["data"])
-                    if _bytes(message["channel"]) == events.encode():
-                        self._deliver(data)
-                    else:
-                        self._control(data)
+                    try:
+                        if _bytes(message["channel"]) == events.encode():
+                            self._deliver(data)
+                        else:
+                            self._control(data)
+                    except (ValueError, HubError) as exc:
+                        # A message this node cannot use (another version, another
+                        # channel list) must not stop it from serving the others.
+                        log.warning("backplane: ignored a message: %s: %r", exc, data[:200])
                 raise coredis.exceptions.ConnectionError("subscription ended")
 
     async def _epoch(self, client: coredis.Redis[bytes]) -> str:

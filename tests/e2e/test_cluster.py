@@ -148,8 +148,8 @@ async def test_resume_on_the_other_node(start_hubd: StartHubd, redis_server: Red
 async def test_redis_down_then_back(start_hubd: StartHubd, own_redis: RedisServer) -> None:
     a, b = await two_nodes(start_hubd, own_redis)
     async with (
-        subscribe(a.port, "pdfm") as on_a,
-        subscribe(b.port, "pdfm") as on_b,
+        subscribe(a.port, "pdfm,health") as on_a,
+        subscribe(b.port, "pdfm,health") as on_b,
         http_client(a.url) as http_a,
     ):
         before = await publish(http_a, event("pdfm", "before"))
@@ -162,7 +162,10 @@ async def test_redis_down_then_back(start_hubd: StartHubd, own_redis: RedisServe
         assert body["error"] == "backplane_unavailable"
         ready = await http_a.get("/v1/ready")
         assert assert_json_error(ready, 503)["error"] == "not_ready"
-        # Connected subscribers stay connected and keep answering pings.
+        # Connected subscribers stay connected and are still answered.
+        for client in (on_a, on_b):
+            pong = await client.request({"event_type": "health", "message": "ping", "id": "p"})
+            assert (pong["message"], pong["ref_id"]) == ("pong", "p")
         own_redis.start()
         with trio.fail_after(20):
             while True:
