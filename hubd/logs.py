@@ -168,6 +168,7 @@ def configure(
     handler.setFormatter(JsonFormatter(journal) if fmt == "json" else TextFormatter(journal))
     root = logging.getLogger()
     root.setLevel(level.upper())
-    # Hypercorn's and Quart's own chatter is only useful when debugging.
+    # The libraries' own info and debug chatter stays out, even at debug level (hubd logs
+    # what matters of it itself); their warnings and errors come through.
     for noisy in ("hypercorn.error", "hypercorn.access", "quart.app", "quart.serving", "coredis"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
