@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import coredis
@@ -56,6 +56,10 @@ _REST_AT = len(_ID_PREFIX) + 64 + 1
 # random tail (40 hex), the event JSON after its id.
 _PUBLISH = """
 local prefix, epoch, size, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if redis.call('GET', prefix .. ':epoch') ~= epoch then
+  -- Redis lost its data since this node connected: numbering must start again.
+  return redis.error_reply('HUBD_EPOCH the epoch changed')
+end
 local n = (#ARGV - 4) / 4
 local seq = redis.call('INCRBY', KEYS[1], n) - n
 local ids = {}
@@ -82,9 +86,10 @@ end
 return ids
 """
 
-# KEYS: ip key, client key. ARGV: owner value, lease ms, node, principal, subscriptions.
+# KEYS: ip key, client key. ARGV: owner value, lease ms, node, principal, subscriptions,
+# "1" to claim the IP exclusively (limits.one_connection_per_ip) or "0".
 _CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if ARGV[6] == '0' or redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('HSET', KEYS[2], 'node', ARGV[3], 'principal', ARGV[4], 'subs', ARGV[5])
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
@@ -119,6 +124,9 @@ return 1
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     coredis.exceptions.ConnectionError,
+    # A wrong password or a missing permission: unavailable (and logged), not a crash.
+    coredis.exceptions.AuthenticationError,
+    coredis.exceptions.AuthorizationError,
     coredis.exceptions.BusyLoadingError,
     OSError,
     TimeoutError,
@@ -165,6 +173,8 @@ def _client_options(url: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if parts.scheme == "unix":
         options["unix_socket_path"] = parts.path
+        db = parse_qs(parts.query).get("db", ["0"])[-1]
+        options["db"] = int(db) if db.isdigit() else 0
     else:
         options["host"] = parts.hostname or "127.0.0.1"
         options["port"] = parts.port or 6379
@@ -172,9 +182,9 @@ def _client_options(url: str) -> dict[str, Any]:
         db = parts.path.strip("/")
         options["db"] = int(db) if db.isdigit() else 0
     if parts.username:
-        options["username"] = parts.username
+        options["username"] = unquote(parts.username)
     if parts.password:
-        options["password"] = parts.password
+        options["password"] = unquote(parts.password)
     return options
 
 
@@ -196,6 +206,7 @@ class RedisBackplane:
         # Every subscriber's claim: client_id -> (ip key, owner value, client key).
         self._claims: dict[str, tuple[str, str, str]] = {}
         self._epoch_seen: str | None = None
+        self._reset = trio.Event()
         hub.keep_history = False  # history lives in Redis; the hub need not keep its own
         hub.history.size = 0
 
@@ -258,6 +269,8 @@ class RedisBackplane:
                 if exc is None:
                     raise
                 was_up = self._client is not None
+                if was_up:
+                    delay = BACKOFF_FIRST  # a fresh outage: retry soon again
                 self._client = None
                 self._connected = trio.Event()
                 self._why = _describe(exc)
@@ -293,9 +306,11 @@ class RedisBackplane:
                 node=self.node,
                 epoch=epoch,
             )
+            self._reset = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._renew, client)
                 nursery.start_soon(self._release_loop, client)
+                nursery.start_soon(self._reset_on_request)
                 async for message in pubsub:
                     if message["type"] != "message":
                         continue
@@ -311,6 +326,10 @@ class RedisBackplane:
                         log.warning("backplane: ignored a message: %s: %r", exc, data[:200])
                 raise coredis.exceptions.ConnectionError("subscription ended")
 
+    async def _reset_on_request(self) -> None:
+        await self._reset.wait()
+        raise coredis.exceptions.ConnectionError("Redis lost its data: reconnecting")
+
     async def _epoch(self, client: coredis.Redis[bytes]) -> str:
         key = self._key("epoch")
         await client.set(key, new_epoch(), condition=coredis.PureToken.NX)
@@ -319,7 +338,11 @@ class RedisBackplane:
         if len(epoch) != EPOCH_HEX:
             raise coredis.exceptions.ConnectionError(f"{key} holds {epoch!r}, not an epoch")
         hub = self.hub
-        if self._epoch_seen is not None and epoch != self._epoch_seen:
+        if self._epoch_seen is None:
+            # First connection: start from what Redis has numbered so far.
+            current = await client.get(self._key("seq"))
+            hub.last_seq = int(current) if current else 0
+        elif epoch != self._epoch_seen:
             # Redis lost its data (restarted without persistence, flushed): numbering
             # starts again and the old history is gone; resumes from old ids say so.
             log.warning(
@@ -340,8 +363,10 @@ class RedisBackplane:
         channel_b, target_b, seq_b, payload = data.split(b"\n", 3)
         seq = int(seq_b)
         hub = self.hub
-        if seq <= hub.last_seq:
-            return  # already delivered by a catch-up
+        if seq <= hub.last_seq and not target_b:
+            # Already delivered by a catch-up (targeted events are not in the streams,
+            # so they only ever come this way).
+            return
         channel = channel_b.decode()
         frame = Frame(payload, trio.current_time(), channel, seq)
         if target_b:
@@ -356,13 +381,9 @@ class RedisBackplane:
             hub.last_seq = seq
 
     async def _catch_up(self, client: coredis.Redis[bytes]) -> None:
-        """Deliver what the streams hold past the last event this node delivered (after
-        a reconnect; on first connect there is nothing to catch up)."""
+        """Deliver what the streams hold past the last event this node delivered (after a
+        reconnect, or everything of a new epoch; on first connect there is nothing)."""
         hub = self.hub
-        if hub.last_seq == 0:
-            current = await client.get(self._key("seq"))
-            hub.last_seq = int(current) if current else 0
-            return
         entries = await self._read_streams(client, sorted(hub.channels), hub.last_seq)
         missed = 0
         for seq, channel, payload, _ in entries:
@@ -415,6 +436,12 @@ class RedisBackplane:
             ids = await client.eval(_PUBLISH, keys=[self._key("seq")], args=args)
         except _CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
+        except coredis.exceptions.RedisError as exc:
+            if "HUBD_EPOCH" in str(exc):
+                self._reset.set()  # reconnect: the session starts a new epoch
+                raise unavailable("Redis lost its data; reconnecting") from None
+            # Out of memory, read-only replica, ...: nothing was published.
+            raise unavailable(_describe(exc)) from None
         assert isinstance(ids, list)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
@@ -428,7 +455,9 @@ class RedisBackplane:
             evicted = await client.hmget(self._key("evicted"), channels)
         except _CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
-        complete = all(value is None or int(_bytes(value)) <= after for value in evicted)
+        complete = self.hub.settings.history_size > 0 and all(
+            value is None or int(_bytes(value)) <= after for value in evicted
+        )
         oldest = _now_ms() - int(self.hub.settings.history_ttl * 1000)
         frames: list[Frame] = []
         for seq, channel, payload, at_ms in entries:
@@ -455,10 +484,13 @@ class RedisBackplane:
                     self.node,
                     session.principal.name,
                     ",".join(session.subscriptions),
+                    "1" if self.hub.limits.one_connection_per_ip else "0",
                 ],
             )
         except _CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
+        except coredis.exceptions.RedisError as exc:
+            raise unavailable(_describe(exc)) from None
         if won:
             self._claims[session.client_id] = (ip_key, owner, client_key)
         return bool(won)
@@ -481,8 +513,16 @@ class RedisBackplane:
             await client.eval(_RELEASE, keys=[ip_key, client_key], args=[owner])
 
     async def _renew(self, client: coredis.Redis[bytes]) -> None:
+        """Every lease/3: prove Redis still answers (a silent partition otherwise goes
+        unnoticed on a node with nothing to publish), check it still holds this
+        cluster's data, and renew the leases."""
         while True:
             await trio.sleep(self.settings.lease_seconds / 3)
+            epoch = await client.get(self._key("epoch"))
+            if epoch is None or _bytes(epoch).decode() != self._epoch_seen:
+                raise coredis.exceptions.ConnectionError(
+                    "Redis no longer holds this cluster's epoch (flushed or replaced)"
+                )
             await self._reclaim(client)
 
     async def _reclaim(self, client: coredis.Redis[bytes]) -> None:

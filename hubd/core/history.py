@@ -117,7 +117,8 @@ class History:
     def replay(self, channels: Iterable[str], since: int | None, now: float) -> Replay:
         """Every held event of `channels` published after sequence number `since`, in
         publish order. `since` None (an unknown id): nothing, and incomplete."""
-        if since is None:
+        if since is None or self.size <= 0:
+            # Unknown resume point, or nothing is kept: whatever followed may be missing.
             return Replay([], False)
         complete = True
         picked: list[_Held] = []

@@ -123,3 +123,58 @@ async def _evals(client: coredis.Redis[bytes]) -> int:
     if isinstance(entry, dict):
         return int(entry.get("calls", 0))
     return int(str(entry).split("calls=")[1].split(",")[0])
+
+
+async def test_a_flushed_redis_starts_a_new_epoch_and_nothing_is_skipped(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    config = settings(redis_server)
+    node = await started(nursery, RedisBackplane(make_hub(), config))
+    listener = await started(nursery, RedisBackplane(make_hub(), config))
+    session = await join(listener, ALICE, fresh_ip(), "pdfm")
+    session.mailbox.take(10)  # the confirmation
+    old = (await publish_through(node, ADMIN, b'{"event_type":"pdfm","message":"old"}')).ids
+    async with coredis.Redis(host="127.0.0.1", port=redis_server.port) as probe:
+        await probe.flushall()
+    # The first publish after the flush notices it: refused, and the node reconnects.
+    with trio.fail_after(WAIT):
+        while True:
+            try:
+                new = await publish_through(node, ADMIN, b'{"event_type":"pdfm","message":"new"}')
+                break
+            except HubError as exc:
+                assert exc.status == 503
+                await trio.sleep(0.05)  # polling until the node has reconnected
+    assert new.ids[0][:8] != old[0][:8]  # a new epoch
+    # The other node delivers events of the new epoch, although their numbers restart.
+    with trio.fail_after(WAIT):
+        while True:
+            frames = session.mailbox.take(10)
+            messages = [json.loads(f.payload)["message"] for f in frames]
+            if "new" in messages:
+                break
+            await trio.sleep(0.05)  # polling the mailbox the node fills
+    replay = await node.replay(["pdfm"], old[0])
+    assert replay.complete is False
+
+
+async def test_without_the_per_ip_rule_an_ip_may_connect_on_several_nodes(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    import msgspec
+
+    from hubd.core.hub import Hub
+    from hubd.settings import Settings
+
+    loose = msgspec.convert({"limits": {"one_connection_per_ip": False}}, Settings)
+    config = settings(redis_server)
+    a = await started(nursery, RedisBackplane(Hub(loose.hub, loose.limits), config))
+    b = await started(nursery, RedisBackplane(Hub(loose.hub, loose.limits), config))
+    ip = fresh_ip()
+    first = await join(a, ALICE, ip, "pdfm")
+    second = await join(b, ALICE, ip, "pdfm")
+    third = await join(b, ALICE, ip, "pdfm")
+    assert first.registered and second.registered and third.registered
+    # Each is still known cluster-wide, for targeted publishes and unsubscribes.
+    found = await a.clients([second.client_id, third.client_id])
+    assert set(found) == {second.client_id, third.client_id}

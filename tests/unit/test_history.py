@@ -240,3 +240,9 @@ async def test_live_events_after_a_big_replay_get_the_whole_queue() -> None:
     assert session.mailbox.dropped_total == 0
     publish(hub, "pdfm", "L3")  # one more overflows the queue of 3
     assert session.mailbox.dropped_total == 1
+
+
+def test_with_no_history_kept_a_resume_is_never_complete() -> None:
+    history = History(size=0, ttl=100.0)
+    history.append("pdfm", 1, frame(1), now=0.0)
+    assert history.replay(["pdfm"], since=1, now=0.0).complete is False
