@@ -1,5 +1,5 @@
-"""Command line: `hubd serve`, `hubd check-config`, `hubd --version`. Exit codes: 0 ok,
-2 usage or configuration error (a message, never a traceback)."""
+"""Command line: `hubd serve`, `hubd check-config`, `hubd hash-secret`, `hubd --version`.
+Exit codes: 0 ok, 2 usage or configuration error (a message, never a traceback)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a config file and print a summary")
     check.add_argument("path", help="TOML config file")
+    hash_secret = sub.add_parser(
+        "hash-secret",
+        help="print the sha256 of a secret, for token_sha256 / key_sha256",
+        description="Read a token or API key and print its sha256 (hex) for token_sha256 or "
+        "key_sha256 in the config, so that the secret itself need not be in the file. "
+        "Prompts (twice, without echo) on a terminal; --stdin reads one line instead. The "
+        "secret is never printed.",
+    )
+    hash_secret.add_argument(
+        "--stdin", action="store_true", help="read the secret from stdin (one line)"
+    )
     return parser
 
 
@@ -47,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(args.config)
+    if args.command == "hash-secret":
+        return _hash_secret(args.stdin)
     parser.print_help(sys.stderr)
     return 2
 
@@ -72,4 +85,47 @@ def _serve(path: str) -> int:
         print(f"hubd: {exc}", file=sys.stderr)
         return 1
     trio.run(partial(service.run, settings, path, listeners, log_handler=handler))
+    return 0
+
+
+class _SecretError(Exception):
+    pass
+
+
+def _read_secret(from_stdin: bool) -> str:
+    """One secret, from stdin (its line ending removed) or typed twice at a prompt."""
+    if from_stdin:
+        text = sys.stdin.read()
+        secret = text[:-1] if text.endswith("\n") else text
+        secret = secret[:-1] if secret.endswith("\r") else secret
+        if "\n" in secret:
+            raise _SecretError("stdin holds more than one line; give one secret")
+        return secret
+    if not sys.stdin.isatty():
+        raise _SecretError("stdin is not a terminal: pass --stdin to read the secret from it")
+    from getpass import getpass
+
+    secret = getpass("Secret: ")
+    if getpass("Again: ") != secret:
+        raise _SecretError("the two entries differ")
+    return secret
+
+
+def _hash_secret(from_stdin: bool) -> int:
+    import hashlib
+
+    try:
+        secret = _read_secret(from_stdin)
+        if not secret:
+            raise _SecretError("the secret is empty")
+        if secret != secret.strip():
+            # hubd trims the credential a client sends, so this one could never match.
+            raise _SecretError("the secret starts or ends with whitespace; hubd trims it")
+    except _SecretError as exc:
+        print(f"hubd: hash-secret: {exc}", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print("", file=sys.stderr)
+        return 2
+    print(hashlib.sha256(secret.encode()).hexdigest())
     return 0

@@ -6,6 +6,9 @@ count too):
   hubd.web, hubd.service or hubd.cli.
 - hubd.web imports neither hubd.service nor hubd.cli, and no redis client.
 - Only hubd/__main__.py imports hubd.cli.
+- hubd.client (the client library) and hubd.hubctl import from hubd only hubd.client,
+  hubd.hubctl and the package itself (its version): no server code, no web stack, no
+  redis client, so a client never loads the daemon.
 """
 
 from __future__ import annotations
@@ -144,3 +147,17 @@ def test_web_imports_neither_service_nor_cli_nor_redis() -> None:
 def test_only_main_imports_cli() -> None:
     importers = [name for name, _, names in modules() if "hubd.cli" in names]
     assert importers == ["hubd.__main__"]
+
+
+def test_client_and_hubctl_import_no_server_code() -> None:
+    allowed = ("hubd.client", "hubd.hubctl")
+
+    def server_side(name: str) -> bool:
+        if name == "hubd" or name == "hubd.__version__":
+            return False
+        if within(name, ("hubd",)):
+            return not within(name, allowed)
+        return within(name, (*WEB_STACK, *REDIS))
+
+    assert violations("hubd.client", server_side) == []
+    assert violations("hubd.hubctl", server_side) == []

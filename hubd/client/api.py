@@ -1,0 +1,303 @@
+"""`HubClient`: one hubd, one credential; HTTP calls over httpx, subscriptions and
+`whoami` over trio-websocket. Everything runs on trio."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from itertools import islice
+from typing import Any
+
+import httpx
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from hubd import __version__
+from hubd.client.connection import DEFAULT_MAX_MESSAGE, describe_failure, open_websocket, unwrap
+from hubd.client.endpoint import Endpoint
+from hubd.client.errors import ForbiddenError, NetworkError, ProtocolError, error_from_response
+from hubd.client.models import (
+    ClientInfo,
+    Credentials,
+    Stats,
+    UnsubscribeResult,
+    WhoAmI,
+    convert,
+)
+from hubd.client.subscription import NoticeCallback, Subscription
+
+# hubd refuses larger batches (400 batch_too_large).
+MAX_BATCH = 1000
+USER_AGENT = f"hubd-client/{__version__}"
+
+
+class HubClient:
+    """A client for one hubd at `url` (`http://host:port`, `https://`, or the same with
+    `ws://`/`wss://`; a path after the port is a prefix, for a hubd behind a proxy).
+
+    `source_address` binds every connection to that local address (hubd allows one
+    subscriber connection per client IP). `ssl_context` verifies `https` servers (the
+    system's CAs by default). `timeout` bounds each HTTP request and each connection
+    attempt, in seconds.
+
+    Use it as `async with HubClient(...) as client:` to share one HTTP connection pool
+    between calls; without `async with`, each HTTP call opens and closes its own.
+    Methods raise `HubdError` (with `status`, `code`, `message`) when the server refuses,
+    `NetworkError` when it cannot be reached, `ProtocolError` on an unreadable answer.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        credentials: Credentials,
+        *,
+        source_address: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self.endpoint = Endpoint.parse(url)
+        self.credentials = credentials
+        self.source_address = source_address
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self._headers = {"User-Agent": user_agent, **credentials.headers()}
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> HubClient:
+        self._http = self._new_http()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    def __repr__(self) -> str:
+        return f"HubClient({str(self.endpoint)!r}, {self.credentials!r})"
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _new_http(self) -> httpx.AsyncClient:
+        # An explicit transport: the source address, and no proxy taken from the
+        # environment (the WebSocket side cannot use one either).
+        transport = httpx.AsyncHTTPTransport(
+            verify=self.ssl_context or True, local_address=self.source_address
+        )
+        return httpx.AsyncClient(
+            base_url=self.endpoint.base_url,
+            transport=transport,
+            headers=self._headers,
+            timeout=self.timeout,
+            follow_redirects=False,
+        )
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
+        if self._http is not None:
+            yield self._http
+            return
+        async with self._new_http() as http:
+            yield http
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        """`method path` (e.g. `GET /v1/ws/stats`) with `body` as JSON when not None;
+        the decoded JSON answer. The typed methods below are built on it; use it for
+        fields this version does not know yet."""
+        content = None if body is None else json.dumps(body).encode()
+        headers = {} if body is None else {"Content-Type": "application/json"}
+        try:
+            async with self._client() as http:
+                response = await http.request(method, path, content=content, headers=headers)
+        except httpx.TimeoutException:
+            raise NetworkError(
+                f"{method} {self.endpoint.url(path)}: no answer within {self.timeout:g} s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise NetworkError(f"cannot reach {self.endpoint}: {describe_failure(exc)}") from None
+        if response.status_code >= 300:
+            raise error_from_response(response.status_code, response.content)
+        try:
+            return response.json()
+        except ValueError:
+            raise ProtocolError(
+                f"{method} {path} answered {response.status_code} without JSON"
+            ) from None
+
+    async def publish(
+        self,
+        channel: str,
+        message: str,
+        body: Any = None,
+        client_id: str | None = None,
+    ) -> str:
+        """Publish one event on `channel`; its id (what subscribers see as `id`).
+        `body` is any JSON value (None: no body); `client_id` targets one connection."""
+        event: dict[str, Any] = {"event_type": channel, "message": message}
+        if body is not None:
+            event["body"] = body
+        if client_id is not None:
+            event["client_id"] = client_id
+        answer = await self.request("POST", "/v1/events", event)
+        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+            raise ProtocolError(f"POST /v1/events answered {answer!r}")
+        return str(answer["id"])
+
+    async def publish_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Publish events (each a mapping with `event_type`, `message` and optionally
+        `body`, `client_id`) in requests of at most 1000; their ids, in order.
+
+        Each request is all or nothing, and they are sent one after the other: when one
+        fails, the exception propagates and the requests before it stay published. Pass
+        at most 1000 events to make the whole call atomic."""
+        ids: list[str] = []
+        iterator = iter(events)
+        while chunk := [dict(e) for e in islice(iterator, MAX_BATCH)]:
+            answer = await self.request("POST", "/v1/events", chunk)
+            got = answer.get("ids") if isinstance(answer, dict) else None
+            if not isinstance(got, list) or len(got) != len(chunk):
+                raise ProtocolError(f"POST /v1/events answered {answer!r}")
+            ids += [str(i) for i in got]
+        return ids
+
+    async def unsubscribe(self, client_id: str, channels: Iterable[str]) -> UnsubscribeResult:
+        """Remove `channels` from the live connection `client_id` (one's own, or any with
+        the admin role). `global` always stays."""
+        body = {"client_id": client_id, "event_types": list(channels)}
+        answer = await self.request("POST", "/v1/ws/unsubscribe", body)
+        return convert(answer, UnsubscribeResult, "POST /v1/ws/unsubscribe")
+
+    async def clients(self) -> list[ClientInfo]:
+        """Every open subscriber connection, oldest first (admin role)."""
+        answer = await self.request("GET", "/v1/ws/clients")
+        if not isinstance(answer, dict):
+            raise ProtocolError(f"GET /v1/ws/clients answered {answer!r}")
+        return convert(answer.get("clients"), list[ClientInfo], "GET /v1/ws/clients")
+
+    async def stats(self) -> Stats:
+        """The hub's counters and delivery-latency summary (admin role)."""
+        return convert(await self.request("GET", "/v1/ws/stats"), Stats, "GET /v1/ws/stats")
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    def _dial(self, query: Mapping[str, str]) -> AbstractAsyncContextManager[WebSocketConnection]:
+        return open_websocket(
+            self.endpoint,
+            self.endpoint.resource("/v1/ws/subscribe", query),
+            self._headers,
+            source_address=self.source_address,
+            ssl_context=self.ssl_context,
+            max_message_size=DEFAULT_MAX_MESSAGE,
+            connect_timeout=self.timeout,
+        )
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        channels: str | Iterable[str],
+        *,
+        since: str | None = None,
+        heartbeat: float | None = 20.0,
+        reconnect: bool = True,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        batch: bool = False,
+        on_notice: NoticeCallback | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to `channels` (a list, or a comma-separated string; `global` is
+        always included by the server) and yield a `Subscription` to iterate over.
+
+        The first connection is made on entering: a refusal raises here (`AuthError`,
+        `ForbiddenError`, `ConflictError`, other `HubdError`s) and so does an unreachable
+        server (`NetworkError`). `since` resumes after that event id. Every `heartbeat`
+        seconds a health ping is sent (so `health` is added to the channels; None turns
+        pings off, and with them the detection of a silent dead connection after
+        2 x heartbeat + 1 s). With `reconnect`, a dropped connection is reopened after a
+        random delay in [0, min(backoff[1], backoff[0] * 2**attempt)] and resumed from the
+        last event yielded. `batch` asks for batch mode (several events per frame).
+        Leaving the block closes the connection with code 1000."""
+        sub = Subscription(
+            self._dial,
+            channels,
+            since=since,
+            heartbeat=heartbeat,
+            reconnect=reconnect,
+            backoff=backoff,
+            batch=batch,
+            on_notice=on_notice,
+            timeout=self.timeout,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sub.run)
+                try:
+                    await sub.wait_connected()
+                    yield sub
+                finally:
+                    await sub.aclose()
+        except BaseExceptionGroup as group:
+            exc = unwrap(group)
+            if exc is group:
+                raise
+            raise exc from exc.__cause__
+
+    async def whoami(self) -> WhoAmI:
+        """Open a connection on the `system` channel, ask for its client id and return
+        it with what the server tells this credential about it (principal and IP with
+        the admin role, see `WhoAmI`). Needs `system` in the credential's allow-list, and
+        no other subscriber connection from this client IP (409 otherwise)."""
+        async with self._dial({"event_types": "system"}) as ws:
+            with _deadline(self.timeout, "the client-id reply"):
+                confirmation = await _next_envelope(ws)
+                subscriptions = tuple(confirmation.get("body", {}).get("subscriptions", ()))
+                await ws.send_message(
+                    json.dumps({"event_type": "system", "message": "client-id", "id": "whoami"})
+                )
+                while True:
+                    reply = await _next_envelope(ws)
+                    if reply.get("ref_id") != "whoami":
+                        continue  # an event for `global` that came first
+                    body = reply.get("body")
+                    if reply.get("message") != "client-id" or not isinstance(body, dict):
+                        raise ProtocolError(f"client-id request refused: {body!r}")
+                    client_id = str(body.get("client-id"))
+                    break
+            principal = ip = None
+            try:
+                for info in await self.clients():
+                    if info.client_id == client_id:
+                        principal, ip = info.principal, info.ip
+            except ForbiddenError:
+                pass  # not an admin: the server shows a principal no more than this
+            with trio.move_on_after(self.timeout):
+                await ws.aclose(1000)
+        return WhoAmI(client_id, subscriptions, principal, ip)
+
+
+@contextmanager
+def _deadline(seconds: float, what: str) -> Iterator[None]:
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise NetworkError(f"no answer within {seconds:g} s waiting for {what}") from None
+
+
+async def _next_envelope(ws: WebSocketConnection) -> dict[str, Any]:
+    """The next frame of a connection in the default mode (one envelope per frame)."""
+    try:
+        message = await ws.get_message()
+    except ConnectionClosed as exc:
+        raise NetworkError(f"the connection closed: {exc.reason}") from None
+    text = message if isinstance(message, str) else message.decode(errors="replace")
+    try:
+        envelope = json.loads(text)
+    except ValueError:
+        envelope = None
+    if not isinstance(envelope, dict):
+        raise ProtocolError(f"unexpected frame {text[:200]!r}")
+    return envelope
