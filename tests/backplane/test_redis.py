@@ -56,7 +56,8 @@ async def test_a_dead_nodes_ip_claims_expire_within_the_lease(
             except HubError:
                 await trio.sleep(0.05)  # polling Redis until the lease runs out
     assert session.registered
-    assert trio.current_time() - begun <= config.lease_seconds + 0.5
+    # Within the lease (plus scheduling slack on a busy machine), not after a much longer wait.
+    assert trio.current_time() - begun <= config.lease_seconds + 2.0
 
 
 async def test_a_live_nodes_claims_are_renewed_past_the_lease(
