@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -86,6 +87,20 @@ end
 return ids
 """
 
+# ARGV: prefix, after (seq), then channels. One consistent read (nothing is published
+# in between): the current seq, the epoch, then per channel its stream entries past
+# `after` and the newest seq trimmed from it.
+_SNAPSHOT = """
+local prefix, after = ARGV[1], ARGV[2]
+local out = {redis.call('GET', prefix .. ':seq') or '0',
+             redis.call('GET', prefix .. ':epoch') or ''}
+for i = 3, #ARGV do
+  out[#out + 1] = redis.call('XRANGE', prefix .. ':stream:' .. ARGV[i], '(' .. after .. '-0', '+')
+  out[#out + 1] = redis.call('HGET', prefix .. ':evicted', ARGV[i]) or '0'
+end
+return out
+"""
+
 # KEYS: ip key, client key. ARGV: owner value, lease ms, node, principal, subscriptions,
 # "1" to claim the IP exclusively (limits.one_connection_per_ip) or "0".
 _CLAIM = """
@@ -98,12 +113,13 @@ return 0
 """
 
 # ARGV: lease ms, node, then per connection: ip key, owner value, client key,
-# subscriptions, principal. A claim Redis lost (restarted without persistence) is made
-# again; one another node took meanwhile is left to it.
+# subscriptions, principal, "1" if the IP is claimed exclusively. An exclusive claim
+# Redis lost (restarted without persistence) is made again; one another node took
+# meanwhile is left to it.
 _RENEW = """
-for i = 3, #ARGV, 5 do
+for i = 3, #ARGV, 6 do
   local holder = redis.call('GET', ARGV[i])
-  if holder == false then
+  if holder == false and ARGV[i + 5] == '1' then
     redis.call('SET', ARGV[i], ARGV[i + 1], 'PX', ARGV[1])
   elseif holder == ARGV[i + 1] then
     redis.call('PEXPIRE', ARGV[i], ARGV[1])
@@ -139,10 +155,18 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    *_CONNECTION_ERRORS,
+    coredis.exceptions.RedisError,
+)
+
+
 def _connection_error(exc: BaseException) -> BaseException | None:
     """The connection failure inside `exc` (coredis raises them in exception groups from
-    its task groups), or None when it is something else."""
-    if isinstance(exc, _CONNECTION_ERRORS):
+    its task groups), or None when it is something else. Any error reply from Redis
+    counts (out of memory, read-only replica, BUSY, ...): the backplane is unavailable
+    until it answers normally again, which is logged and retried, never a crash."""
+    if isinstance(exc, _REDIS_ERRORS):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -204,8 +228,10 @@ class RedisBackplane:
         )
         self.releases_dropped = 0
         # Every subscriber's claim: client_id -> (ip key, owner value, client key).
-        self._claims: dict[str, tuple[str, str, str]] = {}
+        # Every subscriber's claim: client_id -> (ip key, owner value, client key, exclusive).
+        self._claims: dict[str, tuple[str, str, str, bool]] = {}
         self._epoch_seen: str | None = None
+        self._was_up = False  # connected since the last failure
         self._reset = trio.Event()
         hub.keep_history = False  # history lives in Redis; the hub need not keep its own
         hub.history.size = 0
@@ -268,7 +294,7 @@ class RedisBackplane:
                 exc = _connection_error(raised)
                 if exc is None:
                     raise
-                was_up = self._client is not None
+                was_up, self._was_up = self._was_up, False
                 if was_up:
                     delay = BACKOFF_FIRST  # a fresh outage: retry soon again
                 self._client = None
@@ -286,6 +312,13 @@ class RedisBackplane:
                 delay = BACKOFF_MAX
 
     async def _session(self, client: coredis.Redis[bytes]) -> None:
+        try:
+            await self._serve(client)
+        finally:
+            # Before the client shuts down: nothing may start using it meanwhile.
+            self._client = None
+
+    async def _serve(self, client: coredis.Redis[bytes]) -> None:
         await client.ping()
         epoch = await self._epoch(client)
         events, control = self._key("events"), self._key("control")
@@ -295,7 +328,9 @@ class RedisBackplane:
             # Subscribed: anything published from here on is buffered in `pubsub`.
             # Catch up from the streams first, so a lost subscription loses nothing.
             await self._catch_up(client)
+            self._reset = trio.Event()  # before anyone can use the client and set it
             self._client = client
+            self._was_up = True
             self._connected.set()
             await self._reclaim(client)
             event(
@@ -306,7 +341,6 @@ class RedisBackplane:
                 node=self.node,
                 epoch=epoch,
             )
-            self._reset = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._renew, client)
                 nursery.start_soon(self._release_loop, client)
@@ -332,8 +366,10 @@ class RedisBackplane:
 
     async def _epoch(self, client: coredis.Redis[bytes]) -> str:
         key = self._key("epoch")
-        await client.set(key, new_epoch(), condition=coredis.PureToken.NX)
         value = await client.get(key)
+        if value is None:  # a fresh (or emptied) Redis: the first node sets the epoch
+            await client.set(key, new_epoch(), condition=coredis.PureToken.NX)
+            value = await client.get(key)
         epoch = value.decode() if isinstance(value, bytes) else str(value)
         if len(epoch) != EPOCH_HEX:
             raise coredis.exceptions.ConnectionError(f"{key} holds {epoch!r}, not an epoch")
@@ -351,7 +387,7 @@ class RedisBackplane:
                 epoch,
                 self._epoch_seen,
             )
-            hub.last_seq = 0
+            hub.renumbered()
         self._epoch_seen = epoch
         hub.ids.epoch = epoch
         return epoch
@@ -377,40 +413,49 @@ class RedisBackplane:
         if target_b:
             target = hub.sessions.get(target_b.decode())
             if target is None:
-                hub.last_seq = seq
+                hub.last_seq = max(hub.last_seq, seq)
                 return
             hub.publish(channel, frame, target, direct=direct, seq=seq)
         elif channel in hub.channels:
             hub.publish(channel, frame, direct=direct, seq=seq)
         else:
-            hub.last_seq = seq
+            hub.last_seq = max(hub.last_seq, seq)
 
     async def _catch_up(self, client: coredis.Redis[bytes]) -> None:
         """Deliver what the streams hold past the last event this node delivered (after a
         reconnect, or everything of a new epoch; on first connect there is nothing)."""
         hub = self.hub
-        entries = await self._read_streams(client, sorted(hub.channels), hub.last_seq)
+        snap = await self._snapshot(client, sorted(hub.channels), hub.last_seq)
         missed = 0
-        for seq, channel, payload, _ in entries:
+        for seq, channel, payload, _ in snap.entries:
             if seq > hub.last_seq:
                 hub.publish(channel, Frame(payload, trio.current_time(), channel, seq), seq=seq)
                 missed += 1
+        if hub.settings.history_size > 0:
+            # Everything numbered so far is either delivered now or targeted (those only
+            # come through Pub/Sub and are not skipped): later messages at or below this
+            # seq are duplicates. Without history nothing was caught up: skip nothing.
+            hub.last_seq = max(hub.last_seq, snap.seq)
         if missed:
             log.warning("backplane: delivered %d event(s) missed while disconnected", missed)
 
-    async def _read_streams(
+    async def _snapshot(
         self, client: coredis.Redis[bytes], channels: list[str], after: int
-    ) -> list[tuple[int, str, bytes, int]]:
-        """(seq, channel, event JSON, publish time ms) past `after`, in seq order."""
-        out: list[tuple[int, str, bytes, int]] = []
-        for channel in channels:
-            entries = await client.xrange(self._key("stream", channel), f"({after}-0", "+")
-            for entry in entries:
-                seq = int(_bytes(entry.identifier).split(b"-", 1)[0])
-                fields = {_bytes(k): _bytes(v) for k, v in entry.field_values.items()}
-                out.append((seq, channel, fields[b"f"], int(fields[b"t"])))
-        out.sort(key=lambda item: item[0])
-        return out
+    ) -> _Snapshot:
+        """What the streams of `channels` hold past seq `after`, read in one step."""
+        raw = await client.eval(_SNAPSHOT, keys=[], args=[self.prefix, str(after), *channels])
+        assert isinstance(raw, list) and len(raw) == 2 + 2 * len(channels)
+        entries: list[tuple[int, str, bytes, int]] = []
+        evicted: dict[str, int] = {}
+        for index, channel in enumerate(channels):
+            for entry in raw[2 + 2 * index]:
+                ident, flat = entry[0], entry[1]
+                fields = {_bytes(flat[k]): _bytes(flat[k + 1]) for k in range(0, len(flat), 2)}
+                seq = int(_bytes(ident).split(b"-", 1)[0])
+                entries.append((seq, channel, fields[b"f"], int(fields[b"t"])))
+            evicted[channel] = int(_bytes(raw[3 + 2 * index]))
+        entries.sort(key=lambda item: item[0])
+        return _Snapshot(int(_bytes(raw[0])), _bytes(raw[1]).decode(), entries, evicted)
 
     async def publish(self, checked: list[Checked]) -> list[str]:
         client = self._require()
@@ -440,7 +485,16 @@ class RedisBackplane:
         try:
             ids = await client.eval(_PUBLISH, keys=[self._key("seq")], args=args)
         except _CONNECTION_ERRORS as exc:
-            raise self._lost(exc) from None
+            # Sent, but no answer: Redis may have run it. Say so rather than "nothing
+            # was accepted", so that a retry is a known risk of a duplicate.
+            self._lost(exc)
+            raise HubError(
+                504,
+                "publish_outcome_unknown",
+                f"the event backplane did not answer ({_describe(exc)}); the events may or "
+                "may not have been published: check before retrying, or retry and tolerate "
+                "a duplicate",
+            ) from None
         except coredis.exceptions.RedisError as exc:
             if "HUBD_EPOCH" in str(exc):
                 self._reset.set()  # reconnect: the session starts a new epoch
@@ -456,21 +510,26 @@ class RedisBackplane:
         if after is None:
             return Replay([], False)
         try:
-            entries = await self._read_streams(client, channels, after)
-            evicted = await client.hmget(self._key("evicted"), channels)
+            snap = await self._snapshot(client, channels, after)
         except _CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
-        complete = self.hub.settings.history_size > 0 and all(
-            value is None or int(_bytes(value)) <= after for value in evicted
-        )
+        except coredis.exceptions.RedisError as exc:
+            raise unavailable(_describe(exc)) from None
+        if snap.epoch != self.hub.ids.epoch:
+            self._reset.set()  # Redis lost its data meanwhile: reconnect into the new epoch
+            return Replay([], False, after)
+        history = self.hub.settings.history_size
+        complete = history > 0 and all(seq <= after for seq in snap.evicted.values())
         oldest = _now_ms() - int(self.hub.settings.history_ttl * 1000)
         frames: list[Frame] = []
-        for seq, channel, payload, at_ms in entries:
+        for seq, channel, payload, at_ms in snap.entries:
             if at_ms < oldest:
                 complete = False  # expired: no longer held
                 continue
             frames.append(Frame(payload, None, channel, seq))
-        return Replay(frames, complete)
+        # Without history, events published while this was read are only in the held
+        # live events: keep them (the boundary stays at the resume point).
+        return Replay(frames, complete, max(snap.seq, after) if history > 0 else after)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -479,6 +538,10 @@ class RedisBackplane:
         ip_key = self._key("ip", session.ip)
         client_key = self._key("client", session.client_id)
         owner = f"{self.node}:{session.client_id}"
+        exclusive = self.hub.limits.one_connection_per_ip
+        # Recorded before asking: if the answer is lost (timeout, cancellation) the claim
+        # may exist all the same, and release() must still delete it (it checks the owner).
+        self._claims[session.client_id] = (ip_key, owner, client_key, exclusive)
         try:
             won = await client.eval(
                 _CLAIM,
@@ -489,15 +552,15 @@ class RedisBackplane:
                     self.node,
                     session.principal.name,
                     ",".join(session.subscriptions),
-                    "1" if self.hub.limits.one_connection_per_ip else "0",
+                    "1" if exclusive else "0",
                 ],
             )
         except _CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
         except coredis.exceptions.RedisError as exc:
             raise unavailable(_describe(exc)) from None
-        if won:
-            self._claims[session.client_id] = (ip_key, owner, client_key)
+        if not won:
+            del self._claims[session.client_id]  # someone else's: nothing to release
         return bool(won)
 
     def release(self, session: Session) -> None:
@@ -505,7 +568,7 @@ class RedisBackplane:
         if claim is None:
             return
         try:
-            self._releases_send.send_nowait(claim)
+            self._releases_send.send_nowait(claim[:3])
         except trio.WouldBlock:
             self.releases_dropped += 1  # its lease expires on its own
 
@@ -534,7 +597,7 @@ class RedisBackplane:
         """Renew every lease this node holds (and re-state each connection's channels)."""
         sessions = self.hub.sessions
         args: list[str | int] = [self._lease_ms, self.node]
-        for client_id, (ip_key, owner, client_key) in list(self._claims.items()):
+        for client_id, (ip_key, owner, client_key, exclusive) in list(self._claims.items()):
             session = sessions.get(client_id)
             if session is None:
                 continue
@@ -544,6 +607,7 @@ class RedisBackplane:
                 client_key,
                 ",".join(session.subscriptions),
                 session.principal.name,
+                "1" if exclusive else "0",
             ]
         if len(args) > 2:
             await client.eval(_RENEW, keys=[], args=args)
@@ -561,6 +625,8 @@ class RedisBackplane:
                     found[client_id] = _remote(client_id, fields)
         except _CONNECTION_ERRORS as exc:
             raise self._lost(exc) from None
+        except coredis.exceptions.RedisError as exc:
+            raise unavailable(_describe(exc)) from None
         return found
 
     async def unsubscribe(
@@ -597,12 +663,19 @@ class RedisBackplane:
         if removed:
             client = self._require()
             try:
-                await client.hset(self._key("client", client_id), {"subs": ",".join(left)})
-                await client.publish(
+                receivers = await client.publish(
                     self._key("control"), f"unsub\n{client_id}\n{','.join(removed)}"
                 )
+                if receivers:
+                    await client.hset(self._key("client", client_id), {"subs": ",".join(left)})
             except _CONNECTION_ERRORS as exc:
                 raise self._lost(exc) from None
+            except coredis.exceptions.RedisError as exc:
+                raise unavailable(_describe(exc)) from None
+            if not receivers:
+                # No node is listening (the one holding the client is reconnecting): the
+                # command would be lost, so it is refused rather than answered 200.
+                raise unavailable("the node holding this client is not reachable right now")
         return UnsubscribeResult(
             client_id=client_id, unsubscribed=removed, ignored=ignored, subscriptions=left
         )
@@ -616,17 +689,37 @@ class RedisBackplane:
                 self.hub.unsubscribe(_CLUSTER, parts[1], parts[2].split(","))
 
     async def aclose(self) -> None:
-        """Release this node's claims at once (a clean stop frees the IPs immediately)."""
+        """Release this node's claims at once (a clean stop frees the IPs immediately):
+        those of open connections and those of closed ones still queued for release.
+        Best effort within 2 s; whatever is left expires with its lease."""
+        pending = [claim[:3] for claim in self._claims.values()]
+        self._claims.clear()
+        while True:
+            try:
+                pending.append(self._releases.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
         client = self._client
-        if client is None:
+        if client is None or not pending:
             return
         with trio.move_on_after(2):
-            for ip_key, owner, client_key in list(self._claims.values()):
-                await client.eval(_RELEASE, keys=[ip_key, client_key], args=[owner])
-        self._claims.clear()
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for ip_key, owner, client_key in pending:
+                        pipe.eval(_RELEASE, keys=[ip_key, client_key], args=[owner])
+            except _REDIS_ERRORS as exc:
+                log.warning("backplane: could not release claims at stop: %s", _describe(exc))
 
 
 _CLUSTER = Principal(name="cluster", roles=frozenset({"admin"}), channels=None, kind="token")
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    seq: int  # the last seq numbered when it was read
+    epoch: str
+    entries: list[tuple[int, str, bytes, int]]  # (seq, channel, event JSON, time ms)
+    evicted: dict[str, int]  # per channel, the newest seq trimmed from its stream
 
 
 def _remote(client_id: str, fields: dict[bytes, bytes]) -> RemoteClient:

@@ -79,8 +79,10 @@ async def join(
                 "connection per IP is allowed (close it first)",
             )
         if since is not None:
-            replay = await backplane.replay(session.subscriptions, since)
-            hub.finish_resume(session, replay.frames, replay.complete)
+            # A copy: an unsubscribe during the awaits must not change what is read.
+            replay = await backplane.replay(list(session.subscriptions), since)
+            upto = max(replay.upto, replay.frames[-1].seq if replay.frames else 0)
+            hub.finish_resume(session, replay.frames, replay.complete, upto)
     except BaseException:
         hub.unregister(session, refused=True)
         backplane.release(session)

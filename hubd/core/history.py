@@ -82,6 +82,9 @@ class Replay:
     # False when events after the resume point may be missing: the id is unknown (or of
     # another epoch) or something published after it has already been evicted.
     complete: bool
+    # The seq the replay covers up to (a backplane's numbering when it read its history,
+    # at least the resume point): live events at or below it are not sent again.
+    upto: int = 0
 
 
 class History:

@@ -132,6 +132,9 @@ class _Resume:
     held: list[Frame] = field(default_factory=list)
     # Set once the replay is in the mailbox: live events up to this seq were in it.
     replayed_upto: int | None = None
+    # More was published meanwhile than the queue holds: the oldest held events were
+    # dropped, so the resume cannot be complete.
+    overflowed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +452,14 @@ class Hub:
         channel's history for resuming clients; targeted events are not kept. Never blocks."""
         self.published[channel] += 1
         if target is not None:
+            state = self._resuming.get(target) if self._resuming else None
+            if state is not None and state.replayed_upto is None:
+                # Resuming: it waits behind the replay, like every live event.
+                state.held.append(frame)
+                self.delivered[channel] += 1
+                if seq is not None and seq > self.last_seq:
+                    self.last_seq = seq
+                return 1
             receivers: Iterable[Session] = (target,)
         else:
             receivers = self._subscribers[channel]
@@ -483,18 +494,23 @@ class Hub:
             self._subscribers[channel].pop(session, None)
         self._resuming[session] = _Resume()
 
-    def finish_resume(self, session: Session, replayed: list[Frame], complete: bool) -> None:
+    def finish_resume(
+        self, session: Session, replayed: list[Frame], complete: bool, upto: int
+    ) -> None:
         """Queue the replay (in seq order), `replay_complete`, then the held live events
         the replay did not already carry, and put the session back in live delivery.
 
-        Events reach this hub in seq order, so once it has seen the replay's last seq no
-        duplicate can follow; until then, later events up to that seq are skipped."""
+        `upto` is the seq the replay is complete up to: the backplane's numbering when
+        it read the history (at least the resume point), so no event at or below it is
+        sent again. Events reach this hub in seq order, so once it has seen `upto` no
+        duplicate can follow; until then, later events up to it are skipped."""
         state = self._resuming.get(session)
         if state is None or not session.registered:
             return
-        upto = replayed[-1].seq if replayed else 0
         frames = [frame.replayed() for frame in replayed]
-        frames.append(self._replay_complete(session, len(replayed), complete))
+        frames.append(
+            self._replay_complete(session, len(replayed), complete and not state.overflowed)
+        )
         frames.extend(f for f in state.held if f.seq > upto)
         session.mailbox.extend(frames)
         if self.last_seq >= upto:
@@ -509,6 +525,12 @@ class Hub:
             if channel not in session.subscriptions:
                 continue
             if state.replayed_upto is None:
+                if len(state.held) >= session.mailbox.capacity:
+                    # Bounded like the queue: the oldest held event goes (counted),
+                    # and the resume will say it is incomplete.
+                    state.held.pop(0)
+                    state.overflowed = True
+                    session.mailbox.dropped_total += 1
                 state.held.append(frame)
                 held += 1
             else:
@@ -522,6 +544,14 @@ class Hub:
         self._resuming.pop(session, None)
         for channel in session.subscriptions:
             self._subscribers[channel][session] = None
+
+    def renumbered(self) -> None:
+        """The backplane's numbering started again (its store lost its data): sessions
+        waiting for an old seq would wait forever, so they rejoin live delivery now."""
+        self.last_seq = 0
+        for session, state in list(self._resuming.items()):
+            if state.replayed_upto is not None:
+                self._rejoin(session)
 
     # -- subscriptions -----------------------------------------------------------------
 
