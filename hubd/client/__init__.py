@@ -7,7 +7,7 @@ resume; publish; unsubscribe; read clients and stats. See docs/client.md.
                 print(event.event_type, event.message, event.body)
 """
 
-from hubd.client.api import MAX_BATCH, HubClient
+from hubd.client.api import MAX_BATCH, MAX_REQUEST_BYTES, HubClient
 from hubd.client.errors import (
     AuthError,
     ClientError,
@@ -40,6 +40,7 @@ from hubd.client.subscription import Subscription
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_REQUEST_BYTES",
     "AuthError",
     "ChannelStats",
     "ClientError",

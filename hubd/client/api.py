@@ -7,7 +7,6 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from itertools import islice
 from typing import Any
 
 import httpx
@@ -17,7 +16,13 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from hubd import __version__
 from hubd.client.connection import DEFAULT_MAX_MESSAGE, describe_failure, open_websocket, unwrap
 from hubd.client.endpoint import Endpoint
-from hubd.client.errors import ForbiddenError, NetworkError, ProtocolError, error_from_response
+from hubd.client.errors import (
+    ForbiddenError,
+    HubdError,
+    NetworkError,
+    ProtocolError,
+    error_from_response,
+)
 from hubd.client.models import (
     ClientInfo,
     Credentials,
@@ -30,7 +35,20 @@ from hubd.client.subscription import NoticeCallback, Subscription
 
 # hubd refuses larger batches (400 batch_too_large).
 MAX_BATCH = 1000
+# hubd refuses a request body over hub.max_publish_bytes (1 MiB by default) with 413, all
+# or nothing; publish_many cuts its requests below this, with room to spare.
+MAX_REQUEST_BYTES = 2**20 - 4096
 USER_AGENT = f"hubd-client/{__version__}"
+# httpx failures after which the request may have reached the server whole (no answer,
+# or the connection broke while it was sent or awaited); the others happen before.
+_AFTER_SENDING = (
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.CloseError,
+    httpx.RemoteProtocolError,
+)
 
 
 class HubClient:
@@ -40,7 +58,8 @@ class HubClient:
     `source_address` binds every connection to that local address (hubd allows one
     subscriber connection per client IP). `ssl_context` verifies `https` servers (the
     system's CAs by default). `timeout` bounds each HTTP request and each connection
-    attempt, in seconds.
+    attempt, in seconds. `max_message_size` is the largest frame a subscription accepts
+    from the server, in bytes (a larger one ends it with `ProtocolError`).
 
     Use it as `async with HubClient(...) as client:` to share one HTTP connection pool
     between calls; without `async with`, each HTTP call opens and closes its own.
@@ -57,12 +76,16 @@ class HubClient:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 10.0,
         user_agent: str = USER_AGENT,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
+        if max_message_size <= 0:
+            raise ValueError(f"max_message_size must be positive, got {max_message_size}")
         self.endpoint = Endpoint.parse(url)
         self.credentials = credentials
         self.source_address = source_address
         self.ssl_context = ssl_context
         self.timeout = timeout
+        self.max_message_size = max_message_size
         self._headers = {"User-Agent": user_agent, **credentials.headers()}
         self._http: httpx.AsyncClient | None = None
 
@@ -110,16 +133,27 @@ class HubClient:
         the decoded JSON answer. The typed methods below are built on it; use it for
         fields this version does not know yet."""
         content = None if body is None else json.dumps(body).encode()
-        headers = {} if body is None else {"Content-Type": "application/json"}
+        return await self._send(method, path, content)
+
+    async def _send(self, method: str, path: str, content: bytes | None) -> Any:
+        """`request()` with the JSON body already encoded."""
+        headers = {} if content is None else {"Content-Type": "application/json"}
         try:
             async with self._client() as http:
                 response = await http.request(method, path, content=content, headers=headers)
-        except httpx.TimeoutException:
-            raise NetworkError(
-                f"{method} {self.endpoint.url(path)}: no answer within {self.timeout:g} s"
-            ) from None
         except httpx.TransportError as exc:
-            raise NetworkError(f"cannot reach {self.endpoint}: {describe_failure(exc)}") from None
+            sent = isinstance(exc, _AFTER_SENDING)
+            if isinstance(exc, httpx.TimeoutException):
+                text = f"{method} {self.endpoint.url(path)}: no answer within {self.timeout:g} s"
+            elif sent:
+                text = f"{method} {self.endpoint.url(path)}: the connection broke: " + (
+                    describe_failure(exc)
+                )
+            else:
+                text = f"cannot reach {self.endpoint}: {describe_failure(exc)}"
+            if sent and method != "GET":
+                text += " (the request was sent: it may have been carried out)"
+            raise NetworkError(text, request_sent=sent) from None
         if response.status_code >= 300:
             raise error_from_response(response.status_code, response.content)
         try:
@@ -148,22 +182,54 @@ class HubClient:
             raise ProtocolError(f"POST /v1/events answered {answer!r}")
         return str(answer["id"])
 
-    async def publish_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
+    async def publish_many(
+        self,
+        events: Iterable[Mapping[str, Any]],
+        *,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+    ) -> list[str]:
         """Publish events (each a mapping with `event_type`, `message` and optionally
-        `body`, `client_id`) in requests of at most 1000; their ids, in order.
+        `body`, `client_id`); their ids, in order.
 
-        Each request is all or nothing, and they are sent one after the other: when one
-        fails, the exception propagates and the requests before it stay published. Pass
-        at most 1000 events to make the whole call atomic."""
+        They go in requests of at most 1000 events and at most `max_request_bytes` of
+        JSON (set it to hubd's `hub.max_publish_bytes` when that is not the default 1 MiB;
+        a single event larger than it goes alone), one after the other. A request the
+        server refuses as too large (413, nothing published) is split in two and each
+        half sent again; a single event refused so is not published.
+
+        Each request is all or nothing. When one fails, the exception propagates with
+        `published_ids` set to the ids of the events published before it (a prefix of
+        `events`); the events from the failed request on were not published, unless
+        `exc.outcome_unknown` (no answer, 504): then that request's events may or may not
+        have been. A call with at most 1000 events that fit in `max_request_bytes` is one
+        request, so it is all or nothing unless refused as too large."""
+        if max_request_bytes <= 2:
+            raise ValueError(f"max_request_bytes is too small: {max_request_bytes}")
         ids: list[str] = []
-        iterator = iter(events)
-        while chunk := [dict(e) for e in islice(iterator, MAX_BATCH)]:
-            answer = await self.request("POST", "/v1/events", chunk)
-            got = answer.get("ids") if isinstance(answer, dict) else None
-            if not isinstance(got, list) or len(got) != len(chunk):
-                raise ProtocolError(f"POST /v1/events answered {answer!r}")
-            ids += [str(i) for i in got]
+        try:
+            for parts in _requests(events, MAX_BATCH, max_request_bytes):
+                await self._publish_parts(parts, ids)
+        except Exception as exc:
+            exc.published_ids = list(ids)  # type: ignore[attr-defined]
+            raise
         return ids
+
+    async def _publish_parts(self, parts: list[bytes], ids: list[str]) -> None:
+        """Publish the encoded events `parts` in one request, appending their ids to
+        `ids`; halves sent one after the other when the server finds it too large."""
+        try:
+            answer = await self._send("POST", "/v1/events", b"[" + b",".join(parts) + b"]")
+        except HubdError as exc:
+            if exc.status != 413 or len(parts) < 2:
+                raise
+            half = len(parts) // 2
+            await self._publish_parts(parts[:half], ids)
+            await self._publish_parts(parts[half:], ids)
+            return
+        got = answer.get("ids") if isinstance(answer, dict) else None
+        if not isinstance(got, list) or len(got) != len(parts):
+            raise ProtocolError(f"POST /v1/events answered {answer!r}")
+        ids += [str(i) for i in got]
 
     async def unsubscribe(self, client_id: str, channels: Iterable[str]) -> UnsubscribeResult:
         """Remove `channels` from the live connection `client_id` (one's own, or any with
@@ -192,7 +258,7 @@ class HubClient:
             self._headers,
             source_address=self.source_address,
             ssl_context=self.ssl_context,
-            max_message_size=DEFAULT_MAX_MESSAGE,
+            max_message_size=self.max_message_size,
             connect_timeout=self.timeout,
         )
 
@@ -207,6 +273,8 @@ class HubClient:
         backoff: tuple[float, float] = (0.5, 30.0),
         batch: bool = False,
         on_notice: NoticeCallback | None = None,
+        dead_after: float | None = None,
+        conflict_window: float | None = None,
     ) -> AsyncIterator[Subscription]:
         """Subscribe to `channels` (a list, or a comma-separated string; `global` is
         always included by the server) and yield a `Subscription` to iterate over.
@@ -215,11 +283,16 @@ class HubClient:
         `ForbiddenError`, `ConflictError`, other `HubdError`s) and so does an unreachable
         server (`NetworkError`). `since` resumes after that event id. Every `heartbeat`
         seconds a health ping is sent (so `health` is added to the channels; None turns
-        pings off, and with them the detection of a silent dead connection after
-        2 x heartbeat + 1 s). With `reconnect`, a dropped connection is reopened after a
-        random delay in [0, min(backoff[1], backoff[0] * 2**attempt)] and resumed from the
-        last event yielded. `batch` asks for batch mode (several events per frame).
-        Leaving the block closes the connection with code 1000."""
+        pings off). A connection from which not a byte arrived for `dead_after` seconds
+        while a frame is awaited is taken as dead and replaced (default 2 x heartbeat
+        + 1 s; none without heartbeat unless given); bytes of a large frame still arriving
+        count. With `reconnect`, a dropped connection is reopened after a random delay in
+        [0, min(backoff[1], backoff[0] * 2**attempt)] and resumed from the last event
+        yielded. A 409 `ip_in_use` on a reconnect (hubd has not noticed yet that the old
+        connection is gone) is retried like a network error for `conflict_window` seconds
+        after the drop (None: as long as reconnecting goes on). `batch` asks for batch mode
+        (several events per frame). Leaving the block closes the connection with code
+        1000."""
         sub = Subscription(
             self._dial,
             channels,
@@ -230,6 +303,8 @@ class HubClient:
             batch=batch,
             on_notice=on_notice,
             timeout=self.timeout,
+            dead_after=dead_after,
+            conflict_window=conflict_window,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -253,7 +328,11 @@ class HubClient:
         async with self._dial({"event_types": "system"}) as ws:
             with _deadline(self.timeout, "the client-id reply"):
                 confirmation = await _next_envelope(ws)
-                subscriptions = tuple(confirmation.get("body", {}).get("subscriptions", ()))
+                body = confirmation.get("body")
+                listed = body.get("subscriptions") if isinstance(body, dict) else None
+                subscriptions = tuple(
+                    c for c in (listed if isinstance(listed, list) else ()) if isinstance(c, str)
+                )
                 await ws.send_message(
                     json.dumps({"event_type": "system", "message": "client-id", "id": "whoami"})
                 )
@@ -276,6 +355,33 @@ class HubClient:
             with trio.move_on_after(self.timeout):
                 await ws.aclose(1000)
         return WhoAmI(client_id, subscriptions, principal, ip)
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """One event as it goes into a publish request: compact JSON, UTF-8 (escaped ASCII
+    for a string that cannot be UTF-8, a lone surrogate)."""
+    try:
+        return json.dumps(dict(event), separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(dict(event), separators=(",", ":")).encode()
+
+
+def _requests(
+    events: Iterable[Mapping[str, Any]], max_events: int, max_bytes: int
+) -> Iterator[list[bytes]]:
+    """`events` encoded and cut into requests of at most `max_events` events and
+    `max_bytes` bytes of body (an event too large alone goes alone), lazily."""
+    parts: list[bytes] = []
+    size = 2  # "[]"
+    for event in events:
+        part = encode_event(event)
+        if parts and (len(parts) >= max_events or size + 1 + len(part) > max_bytes):
+            yield parts
+            parts, size = [], 2
+        size += len(part) + (1 if parts else 0)
+        parts.append(part)
+    if parts:
+        yield parts
 
 
 @contextmanager

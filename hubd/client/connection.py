@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import cast
 
 import trio
 import trio_websocket
@@ -17,6 +19,53 @@ from hubd.client.errors import NetworkError, error_from_response
 # trio-websocket's default (1 MiB) is below what hubd may send: events up to
 # hub.max_publish_bytes (1 MiB by default) plus the envelope, or a batch-mode frame.
 DEFAULT_MAX_MESSAGE = 64 * 2**20
+# How trio-websocket words the close it starts itself (code 1009) when a frame from the
+# server is over `max_message_size`; hubd words its own 1009 differently.
+_OWN_TOO_BIG = "Exceeded maximum message size"
+
+
+class _Tracked(trio.abc.Stream):
+    """A stream that notes when it last received bytes: a frame that arrives slowly
+    (a large one on a slow link) shows as progress before it is complete."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.received_at = trio.current_time()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        self.received_at = trio.current_time()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+_TRACKED: weakref.WeakKeyDictionary[WebSocketConnection, _Tracked] = weakref.WeakKeyDictionary()
+
+
+def last_received(ws: WebSocketConnection) -> float | None:
+    """When bytes last came in on `ws` (trio time), partial frames included; None for a
+    connection not opened by `open_websocket`."""
+    tracked = _TRACKED.get(ws)
+    return None if tracked is None else tracked.received_at
+
+
+def refused_as_too_big(ws: WebSocketConnection) -> bool:
+    """Whether `ws` was closed by this side with 1009 because a frame from the server
+    was over its `max_message_size` (as opposed to a 1009 the server sent)."""
+    reason = ws.closed
+    return (
+        reason is not None
+        and reason.code == 1009
+        and (reason.reason or "").startswith(_OWN_TOO_BIG)
+    )
 
 
 def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -81,17 +130,21 @@ async def open_websocket(
             f"cannot connect to {endpoint}: no answer within {connect_timeout:g} s"
         ) from None
     opened = False
+    tracked = _Tracked(stream)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(connect_timeout):
                 ws = await trio_websocket.wrap_client_stream(
                     nursery,
-                    stream,
+                    # Typed for socket streams, but only the Stream methods are used (its
+                    # `local`/`remote` show another stream's repr).
+                    cast(trio.SocketStream, tracked),
                     endpoint.authority,
                     resource,
                     extra_headers=extra,
                     max_message_size=max_message_size,
                 )
+            _TRACKED[ws] = tracked
             opened = True
             try:
                 yield ws

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode, urlsplit
 
 _SCHEMES = {"http": False, "ws": False, "https": True, "wss": True}
 
@@ -22,8 +22,9 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
-        """Raise ValueError for anything but a plain base URL. The message quotes the URL
-        only when it cannot hold a password (no `user:pass@` part)."""
+        """Raise ValueError for anything but a plain base URL. A message shows the URL
+        as `scheme://host:port/path` at most: never a `user:pass@` part, a query
+        (`?access_token=...`) or a fragment, which may hold a secret."""
         try:
             parts = urlsplit(url.strip())
             port = parts.port
@@ -32,15 +33,19 @@ class Endpoint:
         if parts.username is not None or parts.password is not None:
             # Never echo it: the part before '@' may be a secret.
             raise ValueError("the hubd URL must not contain 'user:password@'; use a credential")
+        shown = _shown(parts)
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES:
             raise ValueError(
-                f"the hubd URL {url!r} must start with http://, https://, ws:// or wss://"
+                f"the hubd URL {shown!r} must start with http://, https://, ws:// or wss://"
             )
         if not parts.hostname:
-            raise ValueError(f"the hubd URL {url!r} has no host")
+            raise ValueError(f"the hubd URL {shown!r} has no host")
         if parts.query or parts.fragment:
-            raise ValueError(f"the hubd URL {url!r} must not have a query or fragment")
+            raise ValueError(
+                f"the hubd URL {shown!r} must not have a query or fragment (not shown here: "
+                "it may hold a secret); pass the credential as a token or API key"
+            )
         tls = _SCHEMES[scheme]
         return cls(
             tls=tls,
@@ -69,3 +74,10 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self.base_url
+
+
+def _shown(parts: SplitResult) -> str:
+    """The URL as `scheme://host:port/path`, for messages (called once there is no
+    `user:pass@` part): the query and the fragment left out."""
+    scheme = f"{parts.scheme}://" if parts.scheme else ""
+    return f"{scheme}{parts.netloc}{parts.path}"

@@ -7,6 +7,11 @@
 - `Disconnected`: a subscription without reconnect lost its connection.
 - `ProtocolError`: the server sent something this library cannot read.
 
+`outcome_unknown` says whether a request that failed may still have been carried out
+(no answer after it was sent, a 504, an unreadable answer): re-sending it may do it twice.
+`published_ids` holds, on an exception from `HubClient.publish_many`, the ids of the
+events published before the failure.
+
 Messages never contain a credential: only the server's message and what was asked.
 """
 
@@ -17,7 +22,21 @@ from typing import Any
 
 
 class ClientError(Exception):
-    """Base of every error raised by `hubd.client`."""
+    """Base of every error raised by `hubd.client`.
+
+    `published_ids`: set by `HubClient.publish_many` to the ids of the events it had
+    published (in order, a prefix of what it was given) before this failure; empty
+    elsewhere."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.published_ids: list[str] = []
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """True when the request may have been carried out although it failed, so that
+        sending it again may do it twice; False when it certainly was not."""
+        return False
 
 
 class HubdError(ClientError):
@@ -32,6 +51,12 @@ class HubdError(ClientError):
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
+
+    @property
+    def outcome_unknown(self) -> bool:
+        # 504 (`publish_outcome_unknown` from hubd, or a proxy's gateway timeout): the
+        # request went further than the answer.
+        return self.status == 504
 
 
 class AuthError(HubdError):
@@ -48,11 +73,27 @@ class ConflictError(HubdError):
 
 
 class NetworkError(ClientError):
-    """The server could not be reached, or the connection broke before an answer."""
+    """The server could not be reached, or the connection broke before an answer.
+
+    `request_sent`: the request had been sent (the answer did not come, or the connection
+    broke while it was sent or awaited), so the server may have carried it out."""
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+    @property
+    def outcome_unknown(self) -> bool:
+        return self.request_sent
 
 
 class ProtocolError(ClientError):
-    """The server sent a frame or a response body this library does not understand."""
+    """The server sent a frame or a response body this library does not understand. For
+    a request, an unreadable answer does not say whether it was carried out."""
+
+    @property
+    def outcome_unknown(self) -> bool:
+        return True
 
 
 class Disconnected(ClientError):

@@ -22,6 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from hubd.client.backoff import Backoff
+from hubd.client.connection import last_received, refused_as_too_big
 from hubd.client.errors import (
     ClientError,
     ConflictError,
@@ -58,10 +59,6 @@ _PING_PREFIX = "hubd-client-ping-"
 CLOSE_TIMEOUT = 5.0
 # A connection that stayed up this long resets the backoff to its shortest delays.
 STABLE_AFTER = 10.0
-# After a drop, hubd may not have noticed yet that the old connection is gone and refuse
-# the new one with 409 ip_in_use; it notices at the latest at its idle timeout (60 s by
-# default) once our pings stop, so 409 is retried this long before it is final.
-CONFLICT_GRACE = 75.0
 
 Dial = Callable[[Mapping[str, str]], AbstractAsyncContextManager[WebSocketConnection]]
 NoticeCallback = Callable[[Notice], object]
@@ -76,6 +73,8 @@ class _Failure:
 class _Ended:
     code: int
     reason: str
+    # Set when reconnecting cannot help: the subscription ends with it.
+    fatal: ClientError | None = None
 
 
 class _Dead(Exception):
@@ -104,9 +103,10 @@ class Subscription:
     are passed to the `on_notice` callback, in stream order, from inside the iteration
     (an exception it raises ends the iteration), and are logged on the `hubd.client`
     logger (`Gap` and `Reconnecting` at WARNING). Iteration raises `HubdError` (401
-    `AuthError`, 403 `ForbiddenError`, 409 `ConflictError` after `CONFLICT_GRACE`, ...)
-    when a reconnect is refused for good, and `Disconnected` when the connection drops
-    with reconnecting turned off.
+    `AuthError`, 403 `ForbiddenError`, 409 `ConflictError` once `conflict_window` is over,
+    ...) when a reconnect is refused for good, `Disconnected` when the connection drops
+    with reconnecting turned off, and `ProtocolError` when the server sent a frame over
+    the client's `max_message_size` (it would come again on every resume).
 
     Attributes, updated as the stream goes: `client_id` and `subscriptions` of the current
     connection, `last_event_id` (the resume point: the id of the last event yielded, or
@@ -125,12 +125,23 @@ class Subscription:
         batch: bool,
         on_notice: NoticeCallback | None,
         timeout: float,
+        dead_after: float | None = None,
+        conflict_window: float | None = None,
     ) -> None:
         if heartbeat is not None and heartbeat <= 0:
             raise ValueError(f"heartbeat must be positive or None, got {heartbeat}")
+        if dead_after is not None and dead_after <= 0:
+            raise ValueError(f"dead_after must be positive or None, got {dead_after}")
+        if conflict_window is not None and conflict_window < 0:
+            raise ValueError(f"conflict_window must be >= 0 or None, got {conflict_window}")
         self._dial = dial
         self._channels = normalize_channels(channels, heartbeat is not None)
         self._heartbeat = heartbeat
+        # A ping goes out every `heartbeat` seconds and its pong comes back at once.
+        if dead_after is None and heartbeat is not None:
+            dead_after = 2 * heartbeat + 1.0
+        self._dead_after = dead_after
+        self._conflict_window = conflict_window
         self._reconnect = reconnect
         self._backoff = Backoff(*backoff)
         self._batch = batch
@@ -255,6 +266,9 @@ class Subscription:
                 ended = _Ended(1006, cause)
             if self._closing:
                 return
+            if ended.fatal is not None:
+                await self._fail(ended.fatal)
+                return
             if not self._first.is_set():
                 assert failure is not None  # only the first attempt can end unadmitted
                 await self._fail(failure)
@@ -276,7 +290,12 @@ class Subscription:
 
     def _retryable(self, exc: ClientError, lost_at: float) -> bool:
         if isinstance(exc, ConflictError):
-            return exc.code == "ip_in_use" and trio.current_time() - lost_at < CONFLICT_GRACE
+            # After a drop, hubd may not have noticed yet that the old connection is gone
+            # (it does at its idle timeout once our pings stop) and refuse the new one.
+            if exc.code != "ip_in_use":
+                return False
+            window = self._conflict_window
+            return window is None or trio.current_time() - lost_at < window
         if isinstance(exc, HubdError):
             return exc.status in (408, 429) or exc.status >= 500
         return True  # the network, or a garbled connection: try again
@@ -302,7 +321,7 @@ class Subscription:
                 self._admitted_at = trio.current_time()
                 body = confirmation["body"]
                 self.client_id = str(body["client_id"])
-                self.subscriptions = tuple(str(c) for c in body.get("subscriptions", ()))
+                self.subscriptions = _names(body.get("subscriptions")) or ()
                 if self._first.is_set():
                     self.reconnects += 1
                 self._first.set()
@@ -361,25 +380,34 @@ class Subscription:
                 reason = exc.reason
                 if reason is None:
                     return _Ended(1006, "")
+                if refused_as_too_big(ws):
+                    # The same frame would come again on every resume: give up.
+                    error = ProtocolError(
+                        f"the server sent a frame over this client's limit ({reason.reason}); "
+                        "raise max_message_size to read it"
+                    )
+                    return _Ended(reason.code, reason.reason or "", fatal=error)
                 return _Ended(reason.code, reason.reason or "")
             except _Dead:
-                return _Ended(1006, f"no frame from the server for {self._dead_after():g} s")
-
-    def _dead_after(self) -> float:
-        assert self._heartbeat is not None
-        # A ping goes out every `heartbeat` seconds and its pong comes back at once.
-        return 2 * self._heartbeat + 1.0
+                return _Ended(1006, f"nothing from the server for {self._dead_after:g} s")
 
     async def _next_frame(self, ws: WebSocketConnection) -> str:
-        """The next text frame; `_Dead` when nothing came for `_dead_after()` seconds
-        (only counted while waiting: a slow consumer does not make a connection dead)."""
-        if self._heartbeat is None:
+        """The next text frame; `_Dead` when no byte came for `dead_after` seconds while
+        waiting (a slow consumer does not make a connection dead, nor does a large frame
+        that is still arriving)."""
+        dead_after = self._dead_after
+        if dead_after is None:
             message = await ws.get_message()
         else:
-            with trio.move_on_after(self._dead_after()) as scope:
-                message = await ws.get_message()
-            if scope.cancelled_caught:
-                raise _Dead
+            since = trio.current_time()
+            while True:
+                alive_at = max(since, last_received(ws) or since)
+                with trio.move_on_at(alive_at + dead_after) as scope:
+                    message = await ws.get_message()
+                if not scope.cancelled_caught:
+                    break
+                if (last_received(ws) or since) <= alive_at:
+                    raise _Dead
         return message if isinstance(message, str) else message.decode(errors="replace")
 
     async def _dispatch(
@@ -394,7 +422,7 @@ class Subscription:
             body = envelope.get("body") if isinstance(envelope.get("body"), dict) else {}
             assert isinstance(body, dict)
             if message == "replay_complete":
-                replayed = int(body.get("replayed", 0))
+                replayed = _count(body.get("replayed"))
                 after = resume_from or ""
                 if body.get("complete") is True:
                     await self._send.send(Resumed(after, replayed))
@@ -402,14 +430,16 @@ class Subscription:
                     await self._send.send(Gap("history_incomplete", resume_from, replayed))
                 return False
             if message == "events_dropped":
-                dropped = int(body.get("dropped", 0))
+                dropped = _count(body.get("dropped"))
                 await self._send.send(Gap("dropped_by_server", self.last_event_id, dropped=dropped))
             elif message == "unsubscribed":
-                remaining = tuple(str(c) for c in body.get("subscriptions", ()))
+                remaining = _names(body.get("subscriptions"))
+                if remaining is None:
+                    remaining = self.subscriptions  # unreadable: keep what we know
                 self.subscriptions = remaining
                 # A reconnect asks only for what is left.
                 self._channels = [c for c in self._channels if c in remaining]
-                removed = tuple(str(c) for c in body.get("unsubscribed", ()))
+                removed = _names(body.get("unsubscribed")) or ()
                 await self._send.send(Unsubscribed(removed, remaining))
             else:
                 ref = envelope.get("ref_id")
@@ -464,6 +494,28 @@ def _lines(text: str) -> list[dict[str, Any]]:
         else:
             log.warning("ignored a frame that is not a JSON object: %.200r", line)
     return out
+
+
+def _count(value: object) -> int:
+    """A count from a server notice; 0 when it is not a non-negative integer."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float | str):
+        try:
+            return max(int(value), 0)
+        except (ValueError, OverflowError):
+            return 0
+    return 0
+
+
+def _names(value: object) -> tuple[str, ...] | None:
+    """Channel names from a server notice (items that are not strings left out); None
+    when it is not a list."""
+    if not isinstance(value, list):
+        return None
+    return tuple(c for c in value if isinstance(c, str))
 
 
 def _close_text(exc: ConnectionClosed) -> str:

@@ -5,35 +5,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
 
-from hubd.client import ClientError, HubClient, Notice, Subscription
+from hubd.client import HubClient, Notice, Subscription
+from hubd.client.api import MAX_REQUEST_BYTES
 from hubd.client.connection import unwrap
 from hubd.hubctl import output
 from hubd.hubctl.config import Settings
+from hubd.hubctl.errors import UsageError
+from hubd.hubctl.stdin import READ_SIZE, StdinPublisher
 
 DEFAULT_TIMEOUT = 10.0
-# publish --stdin: a batch waits this long for more lines before it is sent, so events
-# typed or piped slowly go out at once, while a fast stream fills batches of 1000.
-LINGER = 0.05
-MAX_BATCH = 1000
-
-
-class UsageError(Exception):
-    """Bad input from the user (not from the server): exit 2 with this message."""
 
 
 def say(message: str) -> None:
-    print(f"hubctl: {message}", file=sys.stderr, flush=True)
+    print(f"hubctl: {output.printable(message)}", file=sys.stderr, flush=True)
 
 
 def make_client(args: argparse.Namespace, settings: Settings) -> HubClient:
@@ -52,6 +47,23 @@ def _print(line: str) -> None:
 
 def _print_json(value: Any) -> None:
     _print(output.compact(value))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def write_lines(lines: Sequence[str]) -> None:
+    """Write `lines` to stdout from a thread, on the file descriptor (no Python buffer,
+    so no lock left held if the write is abandoned): a reader that stops reading blocks
+    this write only, not the trio thread (heartbeats, signals go on)."""
+    if not lines:
+        return
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    data = "".join(f"{line}\n" for line in lines).encode(encoding, "backslashreplace")
+    await trio.to_thread.run_sync(_write_all, 1, data, abandon_on_cancel=True)
 
 
 # -- subscribe -----------------------------------------------------------------------------
@@ -92,7 +104,9 @@ async def subscribe(args: argparse.Namespace, settings: Settings) -> int:
                 ) as sub:
                     lines = output.EventLines(sub.subscriptions)
                     async for event in sub:
-                        _print(output.json_line(event) if as_json else lines.line(event))
+                        await write_lines(
+                            [output.json_line(event) if as_json else lines.line(event)]
+                        )
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         inner = unwrap(group)
@@ -141,106 +155,48 @@ def _body(args: argparse.Namespace) -> Any:
 async def publish(args: argparse.Namespace, settings: Settings) -> int:
     async with make_client(args, settings) as client:
         if args.stdin:
-            return await _publish_stdin(client)
+            max_bytes = getattr(args, "max_request_bytes", None) or MAX_REQUEST_BYTES
+            return await _publish_stdin(client, max_bytes)
         body = _body(args)
         _print(await client.publish(args.channel, args.message, body, args.client_id))
     return 0
 
 
-async def _read_lines(send: trio.MemorySendChannel[tuple[int, str]]) -> None:
-    """Lines of stdin as they come (a thread reads, so files, pipes and terminals all
-    work), numbered from 1."""
-    # read1: whatever one read returns, so lines are sent as they arrive.
-    stdin = cast(io.BufferedReader, sys.stdin.buffer)
-    pending = b""
-    number = 0
-    async with send:
-        while True:
-            chunk = await trio.to_thread.run_sync(stdin.read1, 65536, abandon_on_cancel=True)
-            if not chunk:
-                break
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for raw in complete:
-                number += 1
-                await send.send((number, _decode(raw, number)))
-        if pending:
-            await send.send((number + 1, _decode(pending, number + 1)))
-
-
-def _decode(raw: bytes, number: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"stdin line {number} is not UTF-8") from None
-
-
-def _event(line: str, number: int) -> dict[str, Any]:
-    try:
-        event = json.loads(line)
-    except ValueError as exc:
-        raise UsageError(f"stdin line {number} is not valid JSON: {exc}") from None
-    if not isinstance(event, dict):
-        raise UsageError(
-            f'stdin line {number} must be a JSON object {{"event_type": ..., "message": ...}}'
-        )
-    return event
-
-
 _EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
-_INDEX = re.compile(r"(?:event \[|\$\[)(\d+)\]")
 
 
-async def _publish_stdin(client: HubClient) -> int:
-    """One event object per line; batches of up to MAX_BATCH, each sent once it is full
-    or no line came for LINGER seconds. Ids are printed as each batch is accepted."""
-    published = 0
-    batch: list[dict[str, Any]] = []
-    numbers: list[int] = []
+async def _publish_stdin(client: HubClient, max_bytes: int) -> int:
+    """One event object per line of stdin (see hubd.hubctl.stdin)."""
+    if sys.stdin is None:
+        raise UsageError("stdin is closed")
+    fd = sys.stdin.fileno()
 
-    async def flush() -> None:
-        nonlocal published
-        if not batch:
-            return
-        try:
-            ids = await client.publish_many(batch)
-        except ClientError as exc:
-            first, last = numbers[0], numbers[-1]
-            where = f"line {first}" if first == last else f"lines {first}-{last}"
-            if (m := _INDEX.search(str(exc))) and int(m.group(1)) < len(numbers):
-                where += f" (the refused event is on line {numbers[int(m.group(1))]})"
-            say(f"{where} not published (a batch is all or nothing); {published} were before")
-            raise
-        for event_id in ids:
-            _print(event_id)
-        published += len(ids)
-        batch.clear()
-        numbers.clear()
+    async def publish(events: list[dict[str, Any]]) -> list[str]:
+        return await client.publish_many(events, max_request_bytes=max_bytes)
 
-    send, receive = trio.open_memory_channel[tuple[int, str]](MAX_BATCH)
+    async def read() -> bytes:
+        # The file descriptor, from a thread: no Python buffer whose lock an abandoned
+        # read would still hold at exit; files, pipes and terminals all work.
+        return await trio.to_thread.run_sync(os.read, fd, READ_SIZE, abandon_on_cancel=True)
+
+    publisher = StdinPublisher(publish, write_lines, say, max_bytes=max_bytes)
+
+    async def forward_signals(signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            publisher.interrupt(signum)
+
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_lines, send)
-            async with receive:
-                while True:
-                    with trio.move_on_after(LINGER if batch else float("inf")):
-                        try:
-                            number, line = await receive.receive()
-                        except trio.EndOfChannel:
-                            break
-                        if line.strip():
-                            batch.append(_event(line, number))
-                            numbers.append(number)
-                        if len(batch) < MAX_BATCH:
-                            continue
-                    await flush()
-                await flush()
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward_signals, signals)
+                code = await publisher.run(read)
+                nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         inner = unwrap(group)
         if inner is group:
             raise
         raise inner from None
-    return 0
+    return code
 
 
 # -- admin and the rest --------------------------------------------------------------------

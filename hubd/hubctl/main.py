@@ -1,8 +1,9 @@
 """`hubctl`: the command line, its options, and what each failure prints and exits with.
 
 Exit codes: 0 ok; 1 the server refused or could not be reached; 2 usage, configuration,
-credential, authorization or conflict (401, 403, 409) errors. Messages go to stderr and
-never contain a secret.
+credential, authorization or conflict (401, 403, 409) errors; 130 (SIGINT) or 143
+(SIGTERM) for `publish --stdin` stopped by that signal. Messages go to stderr and never
+contain a secret.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from hubd.client import (
     ForbiddenError,
     HubdError,
 )
+from hubd.client.api import MAX_REQUEST_BYTES
 from hubd.hubctl import commands
 from hubd.hubctl.config import ENV_API_KEY, ENV_TOKEN, ENV_URL, ConfigError, Settings, load
+from hubd.hubctl.errors import UsageError
+from hubd.hubctl.output import printable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 PROG = "hubctl"
@@ -101,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "publish one event, or many from stdin",
         "Publish one event and print its id; or with --stdin, read one event JSON object per "
         'line ({"event_type": ..., "message": ..., "body": ...}), send them in batches of '
-        "up to 1000 and print their ids in order.",
+        "up to 1000 (and --max-request-bytes) and print their ids in order. Ctrl-C or "
+        "SIGTERM stops reading, publishes what was read, prints the ids and exits 130 or 143.",
     )
     p.add_argument("channel", nargs="?", metavar="CHANNEL")
     p.add_argument("message", nargs="?", metavar="MESSAGE")
@@ -110,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     body.add_argument("--body-file", metavar="FILE", help="read the body from FILE ('-': stdin)")
     p.add_argument("--client-id", metavar="ID", help="deliver to this one connection only")
     p.add_argument("--stdin", action="store_true", help="read events from stdin, one per line")
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        metavar="N",
+        help="with --stdin: largest request body, in bytes; also the longest line "
+        f"(default {MAX_REQUEST_BYTES}, below hubd's default hub.max_publish_bytes)",
+    )
 
     u = command(
         "unsubscribe",
@@ -151,8 +163,12 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         if args.stdin:
             if args.channel or args.message or args.body or args.body_file or args.client_id:
                 parser.error("publish --stdin takes no CHANNEL, MESSAGE, --body or --client-id")
+            if args.max_request_bytes is not None and args.max_request_bytes <= 2:
+                parser.error("--max-request-bytes is too small")
         elif not (args.channel and args.message):
             parser.error("publish needs CHANNEL and MESSAGE (or --stdin)")
+        elif args.max_request_bytes is not None:
+            parser.error("--max-request-bytes goes with --stdin")
     if getattr(args, "timeout", None) is not None and args.timeout <= 0:
         parser.error("--timeout must be positive")
 
@@ -181,6 +197,12 @@ def explain(exc: ClientError, settings: Settings) -> tuple[str, int]:
                 EXIT_USAGE,
             )
         return f"the server refused (409 {exc.code}): {exc.message}", EXIT_USAGE
+    if isinstance(exc, HubdError) and exc.outcome_unknown:
+        return (
+            f"the server could not tell whether it was done ({exc.status} {exc.code}): "
+            f"{exc.message}",
+            EXIT_ERROR,
+        )
     if isinstance(exc, HubdError):
         return f"the server refused ({exc.status} {exc.code}): {exc.message}", EXIT_ERROR
     return str(exc), EXIT_ERROR
@@ -202,12 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     try:
         return trio.run(partial(COMMANDS[args.command], args, settings))
-    except commands.UsageError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+    except UsageError as exc:
+        print(f"{PROG}: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except ClientError as exc:
         message, code = explain(exc, settings)
-        print(f"{PROG}: {message}", file=sys.stderr)
+        print(f"{PROG}: {printable(message)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
         # Only before a command has set up its own handling (subscribe closes cleanly).

@@ -4,6 +4,7 @@ tables. Pure functions of their input (and of the local time zone)."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,28 @@ from hubd.client import (
     UnsubscribeResult,
     WhoAmI,
 )
+
+# Bidirectional overrides and isolates: they reorder what follows them on the line.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: control characters (C0, DEL, C1: escape sequences, carriage
+    returns, ...) and bidirectional overrides written as `\\x1b` / `\\u202e`, so that
+    what a publisher or a server wrote cannot move the cursor, recolour or rewrite the
+    screen."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(c) if _hidden(c) else c for c in text)
+
+
+def _hidden(char: str) -> bool:
+    return unicodedata.category(char) == "Cc" or char in _BIDI
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def compact(value: Any) -> str:
@@ -43,22 +66,24 @@ def local_time(timestamp: str, with_date: bool = False) -> str:
 
 class EventLines:
     """Terminal lines for events, columns aligned: local time, channel, message, body.
-    Column widths only grow, so earlier lines stay aligned with later ones."""
+    Column widths only grow, so earlier lines stay aligned with later ones. Control
+    characters are escaped (`printable`)."""
 
     def __init__(self, channels: Sequence[str] = ()) -> None:
         self.channel_width = max((len(c) for c in channels), default=8)
         self.message_width = 16
 
     def line(self, event: Event) -> str:
-        self.channel_width = max(self.channel_width, len(event.event_type))
-        self.message_width = max(self.message_width, len(event.message))
+        channel, message = printable(event.event_type), printable(event.message)
+        self.channel_width = max(self.channel_width, len(channel))
+        self.message_width = max(self.message_width, len(message))
         parts = [
-            local_time(event.timestamp),
-            event.event_type.ljust(self.channel_width),
-            event.message.ljust(self.message_width),
+            printable(local_time(event.timestamp)),
+            channel.ljust(self.channel_width),
+            message.ljust(self.message_width),
         ]
         if event.body is not None:
-            parts.append(compact(event.body))
+            parts.append(printable(compact(event.body)))
         if event.client_id is not None:
             parts.append("(to this client)")
         if event.replayed:
@@ -67,7 +92,8 @@ class EventLines:
 
 
 def json_line(event: Event) -> str:
-    """The envelope exactly as received, one JSON object per line (for jq)."""
+    """The envelope exactly as received, one JSON object per line (for jq); nothing
+    escaped beyond what JSON needs."""
     return compact(event.raw)
 
 
@@ -188,13 +214,24 @@ def whoami_lines(who: WhoAmI, credential_source: str) -> list[str]:
 
 
 def notice_line(notice: Notice) -> str:
-    """What hubctl says on stderr about a subscription notice."""
+    """What hubctl says on stderr about a subscription notice (control characters
+    escaped: it holds the server's words)."""
+    return printable(_notice_text(notice))
+
+
+def _notice_text(notice: Notice) -> str:
     match notice:
         case Connected(client_id=cid, subscriptions=subs, reconnects=0):
             return f"subscribed to {_names(subs)} as client {cid}"
         case Connected(client_id=cid, resumed_from=after):
             how = f"resuming after event {after}" if after else "nothing to resume from"
             return f"reconnected as client {cid}, {how}"
+        case Reconnecting(attempt=n, delay=delay, cause=cause) if cause.startswith("409 ip_in_use"):
+            return (
+                f"hubd still counts a subscriber connection from this address ({cause}): "
+                "the lost one until it notices it is gone, or another client's; retrying in "
+                f"{delay:.1f} s (attempt {n})"
+            )
         case Reconnecting(attempt=n, delay=delay, cause=cause):
             return f"connection lost ({cause}); reconnecting in {delay:.1f} s (attempt {n})"
         case Resumed(replayed=n):

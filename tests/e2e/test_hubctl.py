@@ -255,6 +255,80 @@ async def test_subscribe_on_a_terminal_prints_aligned_lines(
     assert await running.interrupt() == 0
 
 
+async def test_subscribe_keeps_pinging_while_stdout_is_not_read(
+    idle_server: SessionHubd, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A reader that stops reading (a paused pager) blocks the writing of events, not
+    the heartbeat: the idle server (0.4 s) keeps the connection."""
+    url = idle_server.url
+    process = await trio.lowlevel.open_process(
+        [HUBCTL, *as_user(url, "sub-token", client_ip()), "subscribe", "pdfm", "--heartbeat=0.1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=hubctl_env(tmp_path),
+    )
+    assert process.stdout and process.stderr
+    running = Running(process)
+    nursery.start_soon(running.pump, process.stderr, running.err)
+    try:
+        client_id = (await running.wait_err(CONNECTED.pattern)).group(2)
+        # ~220 kB of events: far more than a pipe holds, so hubctl's write blocks.
+        async with HubClient(url, PUB) as publisher:
+            ids = await publisher.publish_many(
+                {"event_type": "pdfm", "message": "FILL", "body": {"pad": "x" * 2000}}
+                for _ in range(100)
+            )
+        await trio.sleep(2.0)  # five idle timeouts with stdout not read
+        # Still open, and not closing: an idle-timed-out connection stays listed, marked
+        # closing, until the server has written what it had queued for it.
+        mine = [c for c in await HubClient(url, ADMIN).clients() if c.client_id == client_id]
+        assert len(mine) == 1 and not mine[0].closing, running.err
+        out = b""
+        with trio.fail_after(WAIT):
+            while out.count(b"\n") < len(ids):
+                out += await process.stdout.receive_some(65536)
+        assert [json.loads(x)["id"] for x in out.splitlines()] == ids
+        assert not [line for line in running.err if "connection lost" in line]
+        assert await running.interrupt() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_subscribe_exits_0_when_the_reader_of_stdout_goes_away(
+    hub_server: SessionHubd, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """`hubctl subscribe pdfm | head -1`."""
+    url = hub_server.url
+    process = await trio.lowlevel.open_process(
+        [HUBCTL, *as_user(url, "sub-token", client_ip()), "subscribe", "pdfm"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=hubctl_env(tmp_path),
+    )
+    assert process.stdout and process.stderr
+    running = Running(process)
+    nursery.start_soon(running.pump, process.stderr, running.err)
+    try:
+        await running.wait_err(CONNECTED.pattern)
+        first = await publish(url, "pdfm", "FIRST")
+        with trio.fail_after(WAIT):
+            line = await process.stdout.receive_some(65536)
+        assert json.loads(line)["id"] == first
+        await process.stdout.aclose()  # the reader goes away
+        await publish(url, "pdfm", "SECOND")
+        with trio.fail_after(WAIT):
+            assert await process.wait() == 0, running.err
+        assert not [line for line in running.err if "Traceback" in line]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def test_subscribe_survives_a_server_restart_and_says_events_were_missed(
     start_hubd: StartHubd, hubctl: Any
 ) -> None:
@@ -403,17 +477,100 @@ async def test_publish_stdin_names_the_bad_line(hub_server: SessionHubd, tmp_pat
     args = ["--url", hub_server.url, "--api-key", "pub-key", "publish", "--stdin"]
     env = hubctl_env(tmp_path)
     good = json.dumps({"event_type": "pdfm", "message": "OK"})
-    not_json = await run_hubctl(args, env, stdin=f"{good}\nnot json\n".encode())
-    assert not_json.returncode == 2
-    assert "stdin line 2 is not valid JSON" in text(not_json)[1]
+    not_json = await run_hubctl(args, env, stdin=f"{good}\n\n{good}\nnot json\n{good}\n".encode())
+    out, err = text(not_json)
+    assert not_json.returncode == 2, err
+    # The good lines before the bad one are published (their ids printed); none after.
+    assert len(out.split()) == 2 and all(HEX64.match(i) for i in out.split())
+    assert "stdin line 4 is not valid JSON" in err
+    assert "2 event(s) from the lines before were published, nothing from line 4 on" in err
 
     refused_line = json.dumps({"event_type": "health", "message": "NO"})
     refused = await run_hubctl(args, env, stdin=f"{good}\n{good}\n{refused_line}\n".encode())
     out, err = text(refused)
     assert refused.returncode == 1, err
     assert out == ""  # all or nothing: nothing of that batch was published
+    assert "lines 1-3 not published" in err
     assert "the refused event is on line 3" in err
     assert "server_owned_channel" in err
+
+
+async def test_publish_stdin_keeps_requests_under_the_servers_limit(
+    hub_server: SessionHubd, tmp_path: Path
+) -> None:
+    """600 events of ~1 kB: one request by count and by the default budget (1 MiB), but
+    over this server's hub.max_publish_bytes (256 KiB): refused whole (413, nothing
+    published), then sent again in halves until each fits."""
+    url = hub_server.url
+    args = ["--url", url, "--api-key", "pub-key", "publish", "--stdin"]
+    lines = [
+        json.dumps({"event_type": "pdfm", "message": "WIDE", "body": {"n": n, "pad": "x" * 1000}})
+        for n in range(600)
+    ]
+    received: list[Event] = []
+    async with HubClient(url, SUB, source_address=client_ip()).subscribe("pdfm") as events:
+        result = await run_hubctl(args, hubctl_env(tmp_path), stdin="\n".join(lines).encode())
+        out, err = text(result)
+        assert result.returncode == 0, err
+        with trio.fail_after(WAIT):
+            async for event in events:
+                if event.message == "WIDE":
+                    received.append(event)
+                if len(received) == len(lines):
+                    break
+    assert [e.id for e in received] == out.split()
+    assert [e.body["n"] for e in received] == list(range(600))
+
+    # --max-request-bytes is the budget, and the longest line read.
+    short = json.dumps({"event_type": "pdfm", "message": "SHORT"})
+    long = json.dumps({"event_type": "pdfm", "message": "LONG", "body": "y" * 3000})
+    capped = await run_hubctl(
+        [*args, "--max-request-bytes", "2000"],
+        hubctl_env(tmp_path),
+        stdin=f"{short}\n{long}\n{short}\n".encode(),
+    )
+    out, err = text(capped)
+    assert capped.returncode == 2, err
+    assert len(out.split()) == 1
+    assert "stdin line 2 is longer than 2000 bytes" in err
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_publish_stdin_stops_on_a_signal_after_publishing_what_it_read(
+    hub_server: SessionHubd, tmp_path: Path, signum: int, code: int
+) -> None:
+    line = json.dumps({"event_type": "pdfm", "message": "UNTIL_SIGNAL"})
+    process = await trio.lowlevel.open_process(
+        [HUBCTL, "--url", hub_server.url, "--api-key", "pub-key", "publish", "--stdin"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=hubctl_env(tmp_path),
+    )
+    assert process.stdin and process.stdout and process.stderr
+    out = err = b""
+    try:
+        await process.stdin.send_all(f"{line}\n{line}\n".encode())
+        with trio.fail_after(WAIT):
+            while out.count(b"\n") < 2:
+                out += await process.stdout.receive_some(65536)
+        # stdin stays open: hubctl is waiting for more lines when the signal comes.
+        process.send_signal(signum)
+        with trio.fail_after(WAIT):
+            returncode = await process.wait()
+            while chunk := await process.stdout.receive_some(65536):
+                out += chunk
+            while chunk := await process.stderr.receive_some(65536):
+                err += chunk
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stdin.aclose()
+    name = signal.Signals(signum).name
+    assert returncode == code, err
+    assert len(out.split()) == 2 and all(HEX64.match(i.decode()) for i in out.split())
+    assert f"stopped by {name}: every line up to line 2 was published (2 event(s))" in err.decode()
 
 
 async def test_publish_refusals_exit_with_the_right_code(
@@ -627,6 +784,37 @@ async def test_library_errors_carry_the_server_answer(hub_server: SessionHubd) -
     assert (refused.value.status, refused.value.code) == (400, "server_owned_channel")
     with pytest.raises(AuthError):
         await HubClient(url, Credentials(api_key="nope")).publish("pdfm", "X")
+
+
+async def test_library_publish_many_splits_what_the_server_finds_too_large(
+    hub_server: SessionHubd,
+) -> None:
+    url = hub_server.url
+    wide = [
+        {"event_type": "pdfm", "message": "WIDE_LIB", "body": {"n": n, "pad": "x" * 1000}}
+        for n in range(600)
+    ]
+    received: list[Event] = []
+    async with HubClient(url, SUB, source_address=client_ip()).subscribe("pdfm") as events:
+        async with HubClient(url, PUB) as publisher:
+            ids = await publisher.publish_many(wide)
+        with trio.fail_after(WAIT):
+            async for event in events:
+                if event.message == "WIDE_LIB":
+                    received.append(event)
+                if len(received) == len(wide):
+                    break
+    assert [e.id for e in received] == ids
+    assert [e.body["n"] for e in received] == list(range(600))
+
+    # A single event over the server's limit is not published; those before it are.
+    small = {"event_type": "pdfm", "message": "SMALL"}
+    huge = {"event_type": "pdfm", "message": "HUGE", "body": "z" * 300_000}
+    with pytest.raises(HubdError) as info:
+        await HubClient(url, PUB).publish_many([small, small, huge, small])
+    assert info.value.status == 413 and info.value.code == "payload_too_large"
+    assert len(info.value.published_ids) == 2
+    assert all(HEX64.match(i) for i in info.value.published_ids)
 
 
 async def test_library_publish_many_and_whoami(hub_server: SessionHubd) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hubd.client import Credentials
+from hubd.client.endpoint import Endpoint
 from hubd.hubctl import main
 from hubd.hubctl.config import ConfigError, Settings, config_path, load
 
@@ -169,6 +170,27 @@ def test_a_url_with_a_password_is_refused_without_echoing_it(tmp_path: Path) -> 
         settings(tmp_path, {"HUBD_TOKEN": "t"}, url="http://user:hunter2@h:1")
     assert "user:password@" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://h:1/hub?access_token=SECRET-QUERY", "http://h:1/hub"),
+        ("https://h/#SECRET-QUERY", "https://h/"),
+        ("ftp://h:21/x?access_token=SECRET-QUERY", "ftp://h:21/x"),
+        ("http://?access_token=SECRET-QUERY", "http://"),
+    ],
+)
+def test_a_url_with_a_query_is_refused_without_echoing_the_query(
+    tmp_path: Path, url: str, shown: str
+) -> None:
+    with pytest.raises(ValueError) as direct:
+        Endpoint.parse(url)
+    with pytest.raises(ConfigError) as info:
+        settings(tmp_path, {"HUBD_URL": url, "HUBD_TOKEN": "t"})
+    for message in (str(direct.value), str(info.value)):
+        assert "SECRET-QUERY" not in message
+        assert f"{shown!r}" in message
 
 
 def test_a_bad_url_is_named_with_its_source(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hubd.client import Connected, Event, Gap, Reconnecting, Resumed
-from hubd.hubctl.output import EventLines, json_line, notice_line, table
+from hubd.client import Connected, Event, FrameError, Gap, Reconnecting, Resumed
+from hubd.hubctl.output import EventLines, json_line, notice_line, printable, table
 
 
 def event(channel: str, message: str, body: Any = None, **extra: Any) -> Event:
@@ -62,3 +62,29 @@ def test_notices_in_words() -> None:
     missed = notice_line(Gap("history_incomplete", "e1", 0))
     assert missed.startswith("warning: events may have been missed") and "e1" in missed
     assert "dropped 4" in notice_line(Gap("dropped_by_server", None, dropped=4))
+
+
+def test_terminal_lines_escape_control_characters() -> None:
+    """A publisher's channel, message or body cannot send escape sequences, carriage
+    returns or bidirectional overrides to the terminal."""
+    lines = EventLines(["pdfm"])
+    ev = event("pdfm", "\x1b[2J\rGOT\u202eYOU", {"note": "\x9b31m\x7f", "ok": "é€"})
+    line = lines.line(ev)
+    assert not any(c in line for c in "\x1b\r\x9b\x7f\u202e")
+    assert "\\x1b[2J\\x0dGOT\\u202eYOU" in line
+    assert "\\x9b31m\\x7f" in line and "é€" in line  # printable text kept as it is
+    # JSON lines are unchanged: the envelope as received.
+    assert json.loads(json_line(ev))["message"] == "\x1b[2J\rGOT\u202eYOU"
+
+
+def test_notices_escape_the_servers_words() -> None:
+    line = notice_line(FrameError("r1", "bad\x1b]0;title\x07"))
+    assert "\x1b" not in line and "\x07" not in line
+    assert printable("plain text") == "plain text"
+
+
+def test_a_409_while_reconnecting_is_not_called_a_lost_connection() -> None:
+    line = notice_line(Reconnecting(3, 2.0, "409 ip_in_use: a connection from 10.0.0.1"))
+    assert "still counts a subscriber connection from this address" in line
+    assert "retrying in 2.0 s (attempt 3)" in line
+    assert not line.startswith("connection lost")
