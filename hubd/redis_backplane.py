@@ -39,10 +39,10 @@ from hubd.core.backplane import unavailable
 from hubd.core.errors import HubError
 from hubd.core.frame import Frame
 from hubd.core.history import EPOCH_HEX, Replay, new_epoch, parse_id
-from hubd.core.hub import Hub, Session, UnsubscribeResult
+from hubd.core.hub import Hub, Session, UnsubscribeResult, check_owner, unknown_client
 from hubd.core.publishing import Checked, RemoteClient
 from hubd.logs import event
-from hubd.protocol.channels import GLOBAL, UnknownChannelError, normalize
+from hubd.protocol.channels import GLOBAL
 from hubd.protocol.envelope import Envelope, encode_bytes, utc_timestamp
 from hubd.settings import BackplaneSettings
 
@@ -635,28 +635,11 @@ class RedisBackplane:
         hub = self.hub
         if client_id in hub.sessions:
             return hub.unsubscribe(principal, client_id, channels)
-        try:
-            requested = normalize(channels, hub.channels)
-        except UnknownChannelError as exc:
-            raise HubError(400, "unknown_channel", str(exc)) from None
-        if not requested:
-            raise HubError(400, "bad_request", "event_types must list at least one channel")
-        if requested == [GLOBAL]:
-            raise HubError(
-                400, "bad_request", "'global' cannot be unsubscribed; list other channels to remove"
-            )
+        requested = hub.unsubscribe_channels(channels)
         remote = (await self.clients([client_id])).get(client_id)
         if remote is None:
-            raise HubError(
-                404, "unknown_client", f"no connected client has client_id {client_id!r}"
-            )
-        if remote.principal != principal.name and not principal.is_admin:
-            raise HubError(
-                403,
-                "forbidden",
-                f"client {client_id!r} belongs to another principal; only its owner or an "
-                "admin may unsubscribe it",
-            )
+            raise unknown_client(client_id)
+        check_owner(principal, remote.principal, client_id)
         removed = [c for c in requested if c != GLOBAL and c in remote.subscriptions]
         ignored = [c for c in requested if c not in removed]
         left = [c for c in remote.subscriptions if c not in removed]

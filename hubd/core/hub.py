@@ -116,6 +116,21 @@ class Session:
         self.deliver(Frame(encode_bytes(envelope), channel=envelope.event_type), direct=True)
 
 
+def unknown_client(client_id: str) -> HubError:
+    return HubError(404, "unknown_client", f"no connected client has client_id {client_id!r}")
+
+
+def check_owner(principal: Principal, owner: str, client_id: str) -> None:
+    """403 unless `principal` owns the connection (by name) or is an admin."""
+    if owner != principal.name and not principal.is_admin:
+        raise HubError(
+            403,
+            "forbidden",
+            f"client {client_id!r} belongs to another principal; only its owner or an "
+            "admin may unsubscribe it",
+        )
+
+
 def check_since(since: str) -> None:
     """400 unless `since` looks like an event id (whether it is known is another matter)."""
     if not is_event_id(since):
@@ -558,18 +573,12 @@ class Hub:
     def find(self, client_id: str) -> Session:
         session = self.sessions.get(client_id)
         if session is None:
-            raise HubError(
-                404, "unknown_client", f"no connected client has client_id {client_id!r}"
-            )
+            raise unknown_client(client_id)
         return session
 
-    def unsubscribe(
-        self, principal: Principal, client_id: str, channels: list[str]
-    ) -> UnsubscribeResult:
-        """Remove channels from a client's subscriptions. `global` is never removed.
-
-        Raises `HubError`: 400 unknown channel or only `global` requested, 404 unknown
-        client, 403 the client belongs to another principal (admins may act on anyone)."""
+    def unsubscribe_channels(self, channels: list[str]) -> list[str]:
+        """The channels an unsubscribe request names, normalized. Raises `HubError(400)`
+        for an unknown channel, an empty list, or `global` alone."""
         try:
             requested = normalize(channels, self.channels)
         except UnknownChannelError as exc:
@@ -582,14 +591,18 @@ class Hub:
                 "bad_request",
                 "'global' cannot be unsubscribed; list other channels to remove",
             )
+        return requested
+
+    def unsubscribe(
+        self, principal: Principal, client_id: str, channels: list[str]
+    ) -> UnsubscribeResult:
+        """Remove channels from a client's subscriptions. `global` is never removed.
+
+        Raises `HubError`: 400 unknown channel or only `global` requested, 404 unknown
+        client, 403 the client belongs to another principal (admins may act on anyone)."""
+        requested = self.unsubscribe_channels(channels)
         session = self.find(client_id)
-        if session.principal.name != principal.name and not principal.is_admin:
-            raise HubError(
-                403,
-                "forbidden",
-                f"client {client_id!r} belongs to another principal; only its owner or an "
-                "admin may unsubscribe it",
-            )
+        check_owner(principal, session.principal.name, client_id)
         removed: list[str] = []
         ignored: list[str] = []
         for channel in requested:

@@ -196,6 +196,12 @@ class StdinPublisher:
     # -- reading ---------------------------------------------------------------------------
 
     async def _read(self, read: Read, send: trio.MemorySendChannel[_Line]) -> None:
+        try:
+            await self._read_lines(read, send)
+        except trio.BrokenResourceError:
+            pass  # the consumer stopped (a bad line, a failed request): it reports why
+
+    async def _read_lines(self, read: Read, send: trio.MemorySendChannel[_Line]) -> None:
         splitter = LineSplitter(self.max_bytes)
         number = 0
         async with send:
