@@ -14,6 +14,7 @@ published, which were not, and which may or may not have been.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -196,10 +197,10 @@ class StdinPublisher:
     # -- reading ---------------------------------------------------------------------------
 
     async def _read(self, read: Read, send: trio.MemorySendChannel[_Line]) -> None:
-        try:
+        # When the consumer stops (a bad line, a failed request) the next send fails:
+        # the consumer reports why, so the reader just ends.
+        with contextlib.suppress(trio.BrokenResourceError):
             await self._read_lines(read, send)
-        except trio.BrokenResourceError:
-            pass  # the consumer stopped (a bad line, a failed request): it reports why
 
     async def _read_lines(self, read: Read, send: trio.MemorySendChannel[_Line]) -> None:
         splitter = LineSplitter(self.max_bytes)
