@@ -224,3 +224,12 @@ async def test_unsubscribe_a_client_on_another_node(cluster: Cluster) -> None:
     await publish(cluster.a, ev("gone"))
     kept = await publish(cluster.a, ev("kept", "orchestrator"))
     assert (await sub.next())["id"] == kept[0]
+
+
+async def test_replay_returns_what_followed_an_id_in_publish_order(cluster: Cluster) -> None:
+    first = (await publish(cluster.a, ev("0")))[0]
+    await publish(cluster.b, ev("1"), ev("skipped", "orchestrator"), ev("2"))
+    replay = await cluster.a.replay(["pdfm"], first)
+    assert [json.loads(f.payload)["message"] for f in replay.frames] == ["1", "2"]
+    assert replay.complete is True
+    assert (await cluster.a.replay(["pdfm"], "1" * 64)).complete is False

@@ -203,6 +203,14 @@ class HubdProcess:
             env=None if env is None else dict(env),
             pass_fds=tuple(pass_fds),
         )
+        return await cls.attach(nursery, process, config_path)
+
+    @classmethod
+    async def attach(
+        cls, nursery: trio.Nursery, process: trio.Process, config_path: Path
+    ) -> HubdProcess:
+        """Follow an already started `hubd serve` (its stderr readable as
+        `process.stderr`) until its ready line; stopped and reaped on failure."""
         server = cls(process, config_path)
         nursery.start_soon(server._pump)
         try:

@@ -31,8 +31,6 @@ from .helpers import (
     PUB_PDFM,
     PUB_TOKEN,
     PUBSUB,
-    READY,
-    START_TIMEOUT,
     SUB,
     SUB2,
     SUB_KEY,
@@ -42,7 +40,6 @@ from .helpers import (
     HubdProcess,
     SessionHubd,
     Subscriber,
-    _ready_binds,
     assert_json_error,
     bearer,
     client_ip,
@@ -204,16 +201,7 @@ async def start_on_journal(
     finally:
         os.close(write_fd)
     process.stderr = trio.lowlevel.FdStream(read_fd)
-    server = HubdProcess(process, config_path)
-    nursery.start_soon(server._pump)
-    try:
-        match = await server.wait_for_line(READY, within=START_TIMEOUT)
-    except BaseException:
-        await server.aclose()
-        raise
-    server.binds = _ready_binds(match.string)
-    server.port = server.binds[0][1]
-    return server
+    return await HubdProcess.attach(nursery, process, config_path)
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
