@@ -16,7 +16,6 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from hubd import __version__, reload, sdnotify
 from hubd.core.auth import Authenticator
@@ -28,6 +27,7 @@ from hubd.metrics import Metrics
 from hubd.settings import ConfigError, Settings, load_settings, parse_listen
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext
+from hubd.web.server import ServeOptions, serve
 
 log = logging.getLogger("hubd")
 
@@ -163,10 +163,16 @@ def hypercorn_config(settings: Settings, listeners: Listeners) -> HypercornConfi
     # Text frames are measured in characters here; hubd checks UTF-8 bytes itself and
     # closes with 1009 (any frame over 4x the byte limit in characters is over it in bytes).
     config.websocket_max_message_size = settings.hub.max_message_bytes * 4
-    config.h11_max_incomplete_size = 64 * 1024
+    config.h11_max_incomplete_size = settings.server.max_header_bytes
     config.keep_alive_timeout = 75.0
     config.include_server_header = False
     return config
+
+
+def serve_options(settings: Settings) -> ServeOptions:
+    """The limits hubd's server adds to Hypercorn's (see `hubd.web.server`)."""
+    server = settings.server
+    return ServeOptions(server.handshake_timeout, server.max_header_bytes, server.http2)
 
 
 async def run(
@@ -218,9 +224,10 @@ async def run(
             async with trio.open_nursery() as server:
                 binds: list[str] = await server.start(
                     partial(
-                        hypercorn_serve,
+                        serve,
                         app,
                         hypercorn_config(settings, listeners),
+                        serve_options(settings),
                         shutdown_trigger=stop_server.wait,
                     )
                 )

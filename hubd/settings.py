@@ -66,6 +66,16 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Browser origins allowed to open a WebSocket ("https://ops.example.com", or "*").
     # Empty: only same-origin browser pages (Origin host = Host) and non-browser clients.
     allowed_origins: list[str] = msgspec.field(default_factory=list)
+    # Seconds a new connection (and each keep-alive request after the first byte) has to
+    # send its complete request line and headers; a slow sender is closed after it.
+    handshake_timeout: PositiveFloat = 10.0
+    # Seconds a request has to send its whole body once its headers are in (408 after).
+    body_timeout: PositiveFloat = 30.0
+    # Largest request line plus headers accepted (431 above it).
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1048576)] = 65536
+    # HTTP/2: over TLS by ALPN, and in cleartext by `Upgrade: h2c` or prior knowledge.
+    # Off: every connection speaks HTTP/1.1 (what the WebSocket fast path needs).
+    http2: bool = False
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -110,6 +120,15 @@ class HubSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     history_size: Annotated[int, msgspec.Meta(ge=0)] = 1000
     # Seconds an event stays resumable.
     history_ttl: PositiveFloat = 3600.0
+    # Bytes of event frames kept in history, all channels together; the oldest go first.
+    history_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 67108864
+    # Channel names one request may list (subscribe query, unsubscribe body); 400 above.
+    max_channels_per_request: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 64
+    # Client frames one connection may send per second on average, and in a burst; over
+    # it a frame is refused with an error event, and a connection that keeps going is
+    # closed with 1008.
+    max_client_frames_per_second: PositiveFloat = 50.0
+    client_frames_burst: PositiveInt = 200
 
     def __post_init__(self) -> None:
         _unique(self.channels, "channels")
@@ -134,6 +153,12 @@ class LimitsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     one_connection_per_ip: bool = True
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     max_connections: PositiveInt = 10000
+    # The header a trusted proxy names the client in: read only when the socket peer is
+    # in trusted_proxies. X-Forwarded-For is read from the right.
+    client_ip_header: Literal["x-forwarded-for", "x-real-ip"] = "x-forwarded-for"
+    # IPv6 clients count per network of this prefix length for the per-IP rule (one host
+    # usually holds a whole /64); 128: per address.
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=32, le=128)] = 64
 
     def __post_init__(self) -> None:
         for i, cidr in enumerate(self.trusted_proxies):
@@ -388,6 +413,7 @@ def _allowed(path: str) -> str:
         "log.level": "'debug', 'info', 'warning', 'error'",
         "log.format": "'text', 'json'",
         "backplane.kind": "'memory', 'redis'",
+        "limits.client_ip_header": "'x-forwarded-for', 'x-real-ip'",
         "auth.tokens.roles": "'subscriber', 'publisher', 'admin'",
         "auth.api_keys.roles": "'subscriber', 'publisher', 'admin'",
     }.get(leaf)

@@ -1,0 +1,536 @@
+"""hubd's server seam (`hubd.web.server`) over in-memory streams, against Hypercorn's own
+`TCPServer` where the difference is the point.
+
+The stock-Hypercorn tests reproduce the upstream behaviour hubd guards against: when a
+Hypercorn release changes it (pgjones/hypercorn#225 fixed, the keep-alive timer changed),
+they fail and say which guard to revisit. The source fingerprints fail when the upstream
+functions that `hubd.web.server` re-implements change, so the copies are re-synced."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import inspect
+import logging
+import os
+import struct
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from typing import Any
+
+import h11
+import pytest
+import trio
+import trio.testing
+from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+
+from hubd.web import server as seam
+from hubd.web.server import ServeOptions
+
+HANDSHAKE = 10.0
+KEEP_ALIVE = 75.0
+LIMIT = 4096
+
+Scope = dict[str, Any]
+App = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+class _Sock:
+    family = 2  # AF_INET: Hypercorn reads the peer and local addresses from it
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.9", 40000)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8080)
+
+
+class _ServerStream(trio.abc.HalfCloseableStream):
+    """The server half of an in-memory connection, with the `socket` Hypercorn reads."""
+
+    def __init__(self, inner: trio.StapledStream[Any, Any]) -> None:
+        self.inner = inner
+        self.socket = _Sock()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _config() -> Config:
+    config = Config()
+    config.keep_alive_timeout = KEEP_ALIVE
+    config.h11_max_incomplete_size = LIMIT
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error.test")
+    return config
+
+
+def _options(http2: bool = False) -> ServeOptions:
+    return ServeOptions(HANDSHAKE, LIMIT, http2)
+
+
+async def http_app(scope: Scope, receive: Any, send: Any) -> None:
+    """200 for HTTP; WebSockets are refused with 401 unless ?ok, then echo frames."""
+    if scope["type"] == "http":
+        body = b'{"ok":true}'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    if scope["query_string"] != b"ok":
+        body = b'{"error":"unauthorized"}'
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 401,
+                "headers": [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        received.append(message)
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": "echo:" + message["text"]})
+
+
+received: list[dict[str, Any]] = []
+
+
+def _stock(stream: Any) -> TCPServer:
+    from hypercorn.utils import wrap_app
+
+    return TCPServer(wrap_app(http_app, 0, None), _config(), WorkerContext(None), {}, stream)
+
+
+def _hubd(stream: Any, http2: bool = False) -> seam._TCPServer:
+    from hypercorn.utils import wrap_app
+
+    return seam._TCPServer(
+        wrap_app(http_app, 0, None),
+        _config(),
+        WorkerContext(None),
+        {},
+        stream,
+        _options(http2),
+        seam._Counters(),
+    )
+
+
+class Conn:
+    """The client half, and the server task's outcome."""
+
+    def __init__(self, client: trio.StapledStream[Any, Any]) -> None:
+        self.client = client
+        self.ended_at: float | None = None
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+    async def ended(self) -> float:
+        """The trio time the server task returned."""
+        await self.done.wait()
+        assert self.ended_at is not None
+        return self.ended_at
+
+    async def read_until_closed(self, within: float = 200.0) -> bytes:
+        out = bytearray()
+        with trio.fail_after(within):
+            while chunk := await self.client.receive_some(65536):
+                out += chunk
+        return bytes(out)
+
+    async def read_some(self) -> bytes:
+        return bytes(await self.client.receive_some(65536))
+
+
+async def _serve(nursery: trio.Nursery, make: Callable[[Any], Any], capture: bool = False) -> Conn:
+    client, server = trio.testing.memory_stream_pair()
+    conn = Conn(client)
+
+    async def run() -> None:
+        try:
+            await make(_ServerStream(server)).run()
+        except BaseException as exc:
+            if not capture:
+                raise
+            conn.error = exc
+        conn.ended_at = trio.current_time()
+        conn.done.set()
+
+    nursery.start_soon(run)
+    await trio.testing.wait_all_tasks_blocked()
+    return conn
+
+
+def upgrade(query: str = "") -> bytes:
+    return (
+        f"GET /v1/ws/subscribe{'?' + query if query else ''} HTTP/1.1\r\nHost: x\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def ws_frame(payload: bytes, opcode: int = 1, *, mask: bool = True) -> bytes:
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    else:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def close_code(data: bytes) -> int:
+    """The code of the close frame (opcode 8) in what the server wrote after its 101."""
+    frames = data.split(b"\r\n\r\n", 1)[1]
+    while frames:
+        opcode, length = frames[0] & 0x0F, frames[1] & 0x7F
+        start = 2
+        if length == 126:
+            length, start = struct.unpack("!H", frames[2:4])[0], 4
+        if opcode == 8:
+            return int(struct.unpack("!H", frames[start : start + 2])[0])
+        frames = frames[start + length :]
+    raise AssertionError(f"no close frame in {data!r}")
+
+
+GET = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+# -- the upstream bug and its guard -----------------------------------------------------
+
+
+async def test_stock_hypercorn_still_raises_on_a_byte_behind_a_refused_upgrade(
+    nursery: trio.Nursery,
+) -> None:
+    """pgjones/hypercorn#225. If this fails, Hypercorn changed: check whether the early-data
+    handling in `hubd.web.server._WSStream` is still needed."""
+    conn = await _serve(nursery, _stock, capture=True)
+    await conn.client.send_all(upgrade() + b"x")
+    await conn.read_until_closed()
+    await conn.ended()
+    assert conn.error is not None
+    assert isinstance(conn.error, BaseExceptionGroup)
+    assert conn.error.subgroup(h11.LocalProtocolError) is not None
+
+
+async def test_a_byte_behind_a_refused_upgrade_gets_the_refusal_and_nothing_else(
+    nursery: trio.Nursery,
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(upgrade() + b"x")
+    data = await conn.read_until_closed()
+    assert data.startswith(b"HTTP/1.1 401 ")
+    assert data.count(b"HTTP/1.1") == 1
+    assert data.endswith(b'{"error":"unauthorized"}')
+
+
+async def test_a_close_frame_after_reading_the_refusal_is_harmless(nursery: trio.Nursery) -> None:
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(upgrade())
+    first = await conn.read_some()
+    assert first.startswith(b"HTTP/1.1 401 ")
+    await conn.client.send_all(ws_frame(b"\x03\xe8", opcode=8))
+    await conn.read_until_closed()
+    await conn.ended()
+
+
+async def test_a_first_frame_pipelined_behind_an_accepted_upgrade_is_read(
+    nursery: trio.Nursery,
+) -> None:
+    received.clear()
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(upgrade("ok") + ws_frame(b"one") + ws_frame(b"two"))
+    data = b""
+    while b"echo:two" not in data:
+        data += await conn.read_some()
+    assert data.startswith(b"HTTP/1.1 101 ")
+    assert data.index(b"echo:one") < data.index(b"echo:two")
+
+
+async def test_too_much_data_before_the_upgrade_is_answered_closes_with_1008(
+    nursery: trio.Nursery,
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    junk = ws_frame(b"x" * 60000) * 2  # > EARLY_DATA_LIMIT
+    await conn.client.send_all(upgrade("ok") + junk)
+    data = await conn.read_until_closed()
+    assert close_code(data) == 1008
+
+
+async def test_the_guard_logs_a_failing_connection_once_and_does_not_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counters = seam._Counters()
+
+    class Boom:
+        async def run(self) -> None:
+            raise h11.LocalProtocolError("Can't send data when our state is ERROR")
+
+    _client, server = trio.testing.memory_stream_pair()
+    with caplog.at_level(logging.WARNING, logger="hubd.server"):
+        for _ in range(5):
+            await seam._guarded(lambda s: Boom(), counters, _ServerStream(server))  # type: ignore[arg-type,return-value]
+    assert counters.failed.total == 5
+    lines = [r for r in caplog.records if r.name == "hubd.server"]
+    assert len(lines) == 1
+    assert "LocalProtocolError" in lines[0].getMessage()
+    assert "peer=127.0.0.9:40000" in lines[0].getMessage()
+    assert lines[0].exc_info is None  # no traceback
+
+
+# -- time limits ------------------------------------------------------------------------
+
+
+async def test_stock_hypercorn_holds_a_connection_closed_before_a_request_for_the_keep_alive(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _stock)
+    start = trio.current_time()
+    await conn.client.send_eof()
+    await conn.read_until_closed()
+    assert await conn.ended() - start == pytest.approx(KEEP_ALIVE)
+
+
+async def test_a_connection_closed_before_a_request_is_released_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    start = trio.current_time()
+    await conn.client.send_eof()
+    await conn.read_until_closed()
+    assert await conn.ended() == start
+
+
+async def test_a_half_closed_connection_still_gets_its_answer(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(GET)
+    await conn.client.send_eof()
+    data = await conn.read_until_closed()
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b'{"ok":true}')
+
+
+async def test_the_first_request_head_must_arrive_within_the_handshake_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    start = trio.current_time()
+    await conn.client.send_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # no blank line
+    await conn.read_until_closed()
+    assert await conn.ended() - start == pytest.approx(HANDSHAKE)
+
+
+async def test_a_silent_connection_is_closed_after_the_handshake_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    start = trio.current_time()
+    await conn.read_until_closed()
+    assert await conn.ended() - start == pytest.approx(HANDSHAKE)
+
+
+async def test_keep_alive_waits_then_the_next_head_gets_the_handshake_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(GET)
+    assert (await conn.read_some()).startswith(b"HTTP/1.1 200 ")
+    await trio.sleep(KEEP_ALIVE - 5)  # idle between requests: the keep-alive applies
+    assert conn.ended_at is None
+    started = trio.current_time()
+    await conn.client.send_all(b"GET /v1/health HTTP/1.1\r\n")  # a head that never ends
+    await conn.read_until_closed()
+    assert await conn.ended() - started == pytest.approx(HANDSHAKE)
+
+
+# -- sizes and protocols ------------------------------------------------------------------
+
+
+def _head_of(size: int) -> bytes:
+    start = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(("size", "status"), [(LIMIT, b"200"), (LIMIT + 1, b"431")])
+async def test_the_header_limit_is_exact(nursery: trio.Nursery, size: int, status: bytes) -> None:
+    conn = await _serve(nursery, _hubd)
+    head = _head_of(size)
+    assert len(head) == size
+    await conn.client.send_all(head)
+    data = await conn.read_some()
+    assert data.startswith(b"HTTP/1.1 " + status + b" ")
+
+
+async def test_stock_hypercorn_accepts_heads_over_its_limit(nursery: trio.Nursery) -> None:
+    """Hypercorn reads 64 KiB at a time and h11 checks between reads: a head of nearly
+    the limit plus 64 KiB passes. If this fails, `_read_data`'s read sizing may go."""
+    conn = await _serve(nursery, _stock)
+    await conn.client.send_all(_head_of(LIMIT + 60000))
+    assert (await conn.read_some()).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_h2c_upgrade_is_answered_in_http_1_1_unless_http2_is_on(
+    nursery: trio.Nursery,
+) -> None:
+    request = (
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    off = await _serve(nursery, _hubd)
+    await off.client.send_all(request)
+    assert (await off.read_some()).startswith(b"HTTP/1.1 200 ")
+    on = await _serve(nursery, lambda s: _hubd(s, http2=True))
+    await on.client.send_all(request)
+    assert (await on.read_some()).startswith(b"HTTP/1.1 101 ")
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (ws_frame(b"hi", mask=False), 1002),  # client frames must be masked
+        (ws_frame(b"\xff\xfe"), 1007),  # text that is not UTF-8
+        (ws_frame(b"x", opcode=3), 1002),  # reserved opcode
+        (bytes([0xF1]) + ws_frame(b"x")[1:], 1002),  # RSV bits without an extension
+    ],
+)
+async def test_a_malformed_frame_closes_with_its_code_and_the_app_is_told(
+    nursery: trio.Nursery, frame: bytes, code: int
+) -> None:
+    received.clear()
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(upgrade("ok"))
+    assert (await conn.read_some()).startswith(b"HTTP/1.1 101 ")
+    await conn.client.send_all(frame)
+    data = b"HTTP/1.1 101 \r\n\r\n" + await conn.read_until_closed()
+    assert close_code(data) == code
+    await trio.testing.wait_all_tasks_blocked()
+    assert received[0]["type"] == "websocket.disconnect"
+    assert received[0]["code"] == code
+
+
+async def test_stock_hypercorn_drops_a_malformed_frame_without_a_close_frame(
+    nursery: trio.Nursery,
+) -> None:
+    conn = await _serve(nursery, _stock)
+    await conn.client.send_all(upgrade("ok"))
+    assert (await conn.read_some()).startswith(b"HTTP/1.1 101 ")
+    await conn.client.send_all(ws_frame(b"hi", mask=False))
+    assert b"\x88" not in await conn.read_until_closed()
+
+
+# -- accepting --------------------------------------------------------------------------
+
+
+class _Exhausted(trio.abc.Listener[trio.SocketStream]):
+    """A listener whose accept fails with EMFILE `failures` times, then blocks."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.recovered = trio.Event()
+
+    async def accept(self) -> trio.SocketStream:
+        self.calls += 1
+        if self.calls <= self.failures:
+            await trio.lowlevel.checkpoint()
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        self.recovered.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_accept_backs_off_on_emfile_and_logs_once_per_interval(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counters = seam._Counters()
+    listener = _Exhausted(failures=250)  # 25 s of retries at 0.1 s
+    started = trio.current_time()
+
+    async def handler(stream: Any) -> None:
+        raise AssertionError("nothing was accepted")
+
+    with caplog.at_level(logging.WARNING, logger="hubd.server"):
+        nursery.start_soon(seam._accept_loop, listener, nursery, handler, counters)
+        await listener.recovered.wait()
+    assert trio.current_time() - started == pytest.approx(25.0)
+    assert counters.accept.total == 250
+    lines = [r.getMessage() for r in caplog.records if r.name == "hubd.server"]
+    assert len(lines) == 3  # at 0, 10 and 20 s
+    assert "EMFILE" in lines[0]
+    assert "more in the last 10 s" in lines[1]
+
+
+# -- the seam itself ----------------------------------------------------------------------
+
+# The upstream functions hubd.web.server re-implements with changes, by source digest.
+UPSTREAM = {
+    (TCPServer, "run"): "fd34b021d1a86c98",
+    (TCPServer, "_read_data"): "7ca747d922c65cf1",
+    (TCPServer, "_idle_timeout"): "210ce1014d98e1cb",
+    (WSStream, "_handle_events"): "b90f3f595ff9fd47",
+    (WSStream, "handle"): "743209f49012b8c7",
+}
+
+
+def _digest(cls: type, name: str) -> str:
+    return hashlib.sha256(inspect.getsource(getattr(cls, name)).encode()).hexdigest()[:16]
+
+
+def test_hypercorn_is_a_tested_version() -> None:
+    assert version("hypercorn") == "0.18.0", (
+        "hubd.web.server and hubd.web.fastpath were tested with Hypercorn 0.18.0; re-run the "
+        "seam and end-to-end tests, update the digests below, then widen the pin"
+    )
+
+
+@pytest.mark.parametrize(("cls", "name"), list(UPSTREAM))
+def test_the_upstream_code_hubd_re_implements_is_unchanged(cls: type, name: str) -> None:
+    assert _digest(cls, name) == UPSTREAM[(cls, name)], (
+        f"Hypercorn's {cls.__name__}.{name} changed: re-sync hubd.web.server with it"
+    )
+
+
+def test_the_hooks_hubd_overrides_still_exist() -> None:
+    for cls, names in [
+        (TCPServer, ["protocol_send", "_initiate_server_close", "_close"]),
+        (H11Protocol, ["_check_protocol", "_create_stream"]),
+        (WSStream, ["_accept", "_send_wsproto_event", "app_send"]),
+    ]:
+        for name in names:
+            assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
