@@ -26,7 +26,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("HUBD_CONFIG", DEFAULT_CONFIG),
         help=f"TOML config file (default: $HUBD_CONFIG or {DEFAULT_CONFIG})",
     )
-    check = sub.add_parser("check-config", help="validate a config file and print a summary")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file; print a summary and the worst-case memory it allows",
+        description="Validate a config file and load the TLS files it names. Prints a summary "
+        "and the worst-case memory the limits allow; risky trusted_proxies ranges are warned "
+        "about on stderr (exit status still 0).",
+    )
     check.add_argument("path", help="TOML config file")
     hash_secret = sub.add_parser(
         "hash-secret",
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "check-config":
+        from hubd.budget import memory_lines
+        from hubd.core.clientip import trusted_proxy_warnings
         from hubd.service import check_tls
 
         try:
@@ -55,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hubd: {args.path}: {exc}", file=sys.stderr)
             return 2
         print(f"{args.path}: ok: {settings.summary()}")
+        for line in memory_lines(settings):
+            print(line)
+        # Risky but valid: warnings, and the exit status stays 0 (the file does load).
+        limits = settings.limits
+        for warning in trusted_proxy_warnings(limits.trusted_proxies, limits.client_ip_header):
+            print(f"hubd: {args.path}: warning: {warning}", file=sys.stderr)
         return 0
     if args.command == "serve":
         return _serve(args.config)

@@ -28,6 +28,9 @@ _RESTART_ONLY = (
     ("server", "listen", "the listening sockets are bound at start"),
     ("server", "tls_cert", "TLS is set up at start"),
     ("server", "tls_key", "TLS is set up at start"),
+    ("server", "handshake_timeout", "the HTTP server is set up at start"),
+    ("server", "max_header_bytes", "the HTTP server is set up at start"),
+    ("server", "http2", "the HTTP server is set up at start"),
     ("metrics", "enabled", "the metrics endpoint is set up at start"),
     ("metrics", "listen", "the listening sockets are bound at start"),
     ("backplane", "kind", "the backplane is connected at start"),
@@ -70,6 +73,8 @@ def apply(ctx: WebContext, new: Settings) -> ReloadReport:
     )
     auth = Authenticator(new.auth)
     ctx.auth = auth
+    # limits.client_ip_header and limits.ipv6_prefix are read from ctx.settings on each
+    # handshake; open connections keep the identity they were admitted under.
     ctx.trusted_proxies = new.limits.trusted_networks
     report.revoked, report.narrowed = ctx.hub.revoke(lambda p: auth.find(p.kind, p.digest))
     return report

@@ -6,9 +6,11 @@ all, as before). A resuming client's id therefore says exactly where it stopped 
 any index, and an id from another epoch (a restarted in-memory hub, another cluster) is
 recognised as unknown instead of being misread.
 
-Each channel keeps at most `size` events for at most `ttl` seconds. What falls out is
-remembered only as a watermark (the highest sequence number evicted), which is all a
-resume needs to know whether it is complete.
+Each channel keeps at most `size` events for at most `ttl` seconds, and all channels
+together at most `max_bytes` bytes of event JSON: over it, the globally oldest events go
+first, whatever their channel. What falls out is remembered only as a watermark per
+channel (the highest sequence number evicted), which is all a resume needs to know
+whether it is complete.
 """
 
 from __future__ import annotations
@@ -63,11 +65,20 @@ def parse_id(event_id: str, epoch: str) -> int | None:
     return int(event_id[EPOCH_HEX : EPOCH_HEX + SEQ_HEX], 16)
 
 
+# What one held event counts for beyond its JSON: about what CPython spends on its Frame,
+# the bytes object's header, its `_Held` record, their numbers and two deque slots
+# (measured: ~300), so that a flood of tiny events is bounded too.
+ENTRY_OVERHEAD = 300
+
+
 @dataclass(slots=True)
 class _Held:
     seq: int
     at: float  # trio time it was published
     frame: Frame
+    channel: str
+    size: int  # bytes it counts for against max_bytes
+    held: bool = True  # False once evicted (it may still sit in History._order)
 
 
 @dataclass(slots=True)
@@ -88,30 +99,101 @@ class Replay:
 
 
 class History:
-    """Bounded per-channel history. Plain `def`s; the caller passes trio time."""
+    """Bounded history of broadcast events. Plain `def`s; the caller passes trio time.
 
-    def __init__(self, size: int, ttl: float) -> None:
+    Bounds: at most `size` events per channel, none older than `ttl` seconds, and at most
+    `max_bytes` for all channels together, each event counting its JSON payload once plus
+    `ENTRY_OVERHEAD` (a frame that has been sent also caches its WebSocket-framed copy,
+    which is not counted: resident memory can approach twice `max_bytes`). Over
+    `max_bytes`, the globally oldest events are evicted first. `size` or `max_bytes` 0
+    keeps nothing. The bounds may be assigned directly (they apply from the next append)
+    or set with `resize`, which applies them at once."""
+
+    def __init__(self, size: int, ttl: float, max_bytes: int) -> None:
         self.size = size
         self.ttl = ttl
+        self.max_bytes = max_bytes
         self._channels: dict[str, _Channel] = {}
+        # Every held event in publish order, across channels, so that the globally oldest
+        # is at the front; events evicted by their channel's own bounds stay here
+        # (held False) until they reach the front or a compaction drops them.
+        self._order: deque[_Held] = deque()
+        self._count = 0  # events held
+        self.bytes = 0  # what the held events count for against max_bytes
+        # Events evicted to keep within max_bytes, and the bytes they counted for.
+        self.evicted_for_bytes = 0
+        self.evicted_bytes = 0
+        # The highest seq published while nothing was kept (size or max_bytes 0): no
+        # channel's watermark knows it, so a resume from before it is incomplete.
+        self._skipped_upto = 0
+
+    @property
+    def keeps_nothing(self) -> bool:
+        return self.size <= 0 or self.max_bytes <= 0
 
     def append(self, channel: str, seq: int, frame: Frame, now: float) -> None:
-        if self.size <= 0:
+        """Keep broadcast event `seq` of `channel`, then evict what the bounds say."""
+        if self.keeps_nothing:
+            self._skipped_upto = seq
             return
         held = self._channels.get(channel)
         if held is None:
             held = self._channels[channel] = _Channel()
-        entries = held.entries
-        entries.append(_Held(seq, now, frame))
-        while len(entries) > self.size:  # a reload may have lowered the size
-            held.evicted_upto = entries.popleft().seq
+        entry = _Held(seq, now, frame, channel, len(frame.payload) + ENTRY_OVERHEAD)
+        held.entries.append(entry)
+        self._order.append(entry)
+        self._count += 1
+        self.bytes += entry.size
+        while len(held.entries) > self.size:  # a reload may have lowered the size
+            self._evict(held)
         self._expire(held, now)
+        self._sweep(now)
+
+    def resize(self, size: int, ttl: float, max_bytes: int, now: float) -> None:
+        """Set the bounds (a reload) and apply them at once: lowering one frees the memory
+        now, not at the next publish."""
+        self.size, self.ttl, self.max_bytes = size, ttl, max_bytes
+        for held in self._channels.values():
+            while len(held.entries) > max(size, 0):
+                self._evict(held)
+            self._expire(held, now)
+        self._sweep(now)
+
+    def _evict(self, held: _Channel) -> None:
+        entry = held.entries.popleft()
+        entry.held = False
+        held.evicted_upto = entry.seq
+        self._count -= 1
+        self.bytes -= entry.size
 
     def _expire(self, held: _Channel, now: float) -> None:
         entries = held.entries
         oldest = now - self.ttl
         while entries and entries[0].at < oldest:
-            held.evicted_upto = entries.popleft().seq
+            self._evict(held)
+
+    def _sweep(self, now: float) -> None:
+        """Evict the globally oldest events while over `max_bytes` or past the ttl, and
+        forget the records of evicted events at the front of `_order`."""
+        order = self._order
+        oldest = now - self.ttl
+        while order:
+            entry = order[0]
+            if entry.held:
+                over = self.bytes > self.max_bytes
+                if not over and entry.at >= oldest:
+                    break
+                # The oldest held event is the front of its channel's entries: both deques
+                # are in publish order, and every eviction takes from the front.
+                self._evict(self._channels[entry.channel])
+                if over:
+                    self.evicted_for_bytes += 1
+                    self.evicted_bytes += entry.size
+            order.popleft()
+        if len(order) > 2 * self._count + 64:
+            # A channel's own bounds leave records of evicted events behind the front:
+            # drop them once they outnumber held events (amortised O(1) per event).
+            self._order = deque(e for e in order if e.held)
 
     def held(self, channel: str) -> int:
         held = self._channels.get(channel)
@@ -120,10 +202,10 @@ class History:
     def replay(self, channels: Iterable[str], since: int | None, now: float) -> Replay:
         """Every held event of `channels` published after sequence number `since`, in
         publish order. `since` None (an unknown id): nothing, and incomplete."""
-        if since is None or self.size <= 0:
+        if since is None or self.keeps_nothing:
             # Unknown resume point, or nothing is kept: whatever followed may be missing.
             return Replay([], False)
-        complete = True
+        complete = since >= self._skipped_upto
         picked: list[_Held] = []
         for channel in channels:
             held = self._channels.get(channel)

@@ -26,6 +26,11 @@ from hubd.protocol.envelope import Envelope, encode_bytes, new_id, utc_timestamp
 from hubd.settings import HubSettings, LimitsSettings
 
 CLOSE_GOING_AWAY = 1001
+# The client broke the WebSocket protocol (sent by the server layer, see hubd.web.server).
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+# Policy violation: the client kept sending frames over its rate limit.
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_REVOKED = 4401
@@ -70,11 +75,14 @@ class Session:
     last_seen: float = 0.0
 
     def request_close(self, code: int, reason: str) -> None:
-        """Ask the connection to close with `code`; the first request wins.
+        """Ask the connection to close with `code`; the first request wins, and none is
+        recorded once the peer is gone (nothing can be sent to it: it counts as "peer").
 
         Frames already queued are still written before the close frame, for at most
-        `CLOSE_GRACE` seconds."""
-        if self.close_code is None:
+        `CLOSE_GRACE` seconds. Safe to call at any time, also while or after the session
+        ends: closing the mailbox wakes the writer only while the connection's nursery
+        body runs (see `serve_session`), so it never raises."""
+        if self.close_code is None and not self.peer_closed:
             self.close_code = code
             self.close_reason = reason
         self.mailbox.close()
@@ -180,7 +188,7 @@ class Hub:
         self.started_at = trio.current_time()
         # Event ids carry their publish position; recent events are kept for resuming.
         self.ids = EventIds()
-        self.history = History(hub.history_size, hub.history_ttl)
+        self.history = History(hub.history_size, hub.history_ttl, hub.history_max_bytes)
         # False when a backplane keeps the history instead (it then replays from there).
         self.keep_history = True
         # The highest event seq published here so far (events arrive in seq order when a
@@ -415,8 +423,13 @@ class Hub:
             session.mailbox.policy = policy
         self.settings = hub
         self.limits = limits
-        self.history.size = hub.history_size if self.keep_history else 0
-        self.history.ttl = hub.history_ttl
+        # Applied at once: a lowered bound frees its memory now, not at the next publish.
+        self.history.resize(
+            hub.history_size if self.keep_history else 0,
+            hub.history_ttl,
+            hub.history_max_bytes,
+            trio.current_time(),
+        )
         return kept
 
     def revoke(self, lookup: Callable[[Principal], Principal | None]) -> tuple[int, int]:

@@ -7,10 +7,15 @@ something queued, a writer task.
   when the mailbox is closed and drained.
 - The reader handles client frames (ping, client-id, errors) inside a cancel scope whose
   deadline is the heartbeat deadline, moved on every frame. It ends when the client
-  closes, sends a frame that is too large (1009) or the deadline passes (4408).
+  closes, sends a frame that is too large (1009), keeps sending over its frame rate
+  (1008) or the deadline passes (4408). Each connection has a token bucket of client
+  frames (`hub.max_client_frames_per_second`, `hub.client_frames_burst`).
 - A close requested by anyone (reader, hub, shutdown) closes the mailbox: the writer
-  flushes what is queued, then ends the nursery, and the close frame goes out last.
+  flushes what is queued and reports the mailbox drained; the nursery body, which waits
+  for that (at most CLOSE_GRACE), then ends, and the close frame goes out last.
   When the peer is gone, both tasks are cancelled at once.
+- `mailbox.on_ready` (which starts the writer) is set only while the nursery body runs:
+  see `serve_session`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import trio
 
 from hubd.core.frame import Frame
-from hubd.core.hub import CLOSE_GRACE, CLOSE_IDLE, CLOSE_TOO_BIG, Hub, Session
+from hubd.core.hub import CLOSE_GRACE, CLOSE_IDLE, CLOSE_POLICY, CLOSE_TOO_BIG, Hub, Session
 from hubd.core.latency import LatencyHistogram
 from hubd.core.transport import Transport, TransportClosed
 from hubd.logs import event
@@ -49,23 +54,42 @@ async def serve_session(
 ) -> None:
     """Run one registered session until it ends, then close the transport and unregister.
 
-    The session must come from `hub.admit`; this always unregisters it, however it ends."""
+    The session must come from `hub.admit`; this always unregisters it, however it ends.
+
+    Lifecycle invariant: `mailbox.on_ready` is set only while the nursery body runs.
+    `on_ready` starts the writer in this connection's nursery, and a trio nursery refuses
+    new tasks ("Nursery is closed to new arrivals") only once its body has exited and its
+    children have ended. So the body installs the hook before anything can call it, removes
+    it (and closes the mailbox) in a `finally` before it can exit, however it exits
+    (normally, cancelled, or with an error), and does not exit while a requested close is
+    being flushed: it waits for the writer to report the mailbox drained, at most until
+    the CLOSE_GRACE deadline `Session.request_close` puts on the nursery's scope. A put,
+    close or drain (a publish, `Hub.close_all`, Hypercorn's own control frames) that comes
+    after that finds no hook and a closed mailbox: the frame is refused and counted, never
+    an exception in the caller."""
     settings = hub.settings  # idle_timeout and limits are read again per frame (reload)
     mailbox = session.mailbox
     try:
         async with trio.open_nursery() as nursery:
-            session.scope = nursery.cancel_scope
+            scope = nursery.cancel_scope
+            session.scope = scope
             if session.close_code is not None:  # asked to close before it was served
-                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE
+                scope.deadline = trio.current_time() + CLOSE_GRACE
+            # The reader's scope: its deadline is the heartbeat deadline (moved on every
+            # client frame), and the writer cancels it once a requested close has been
+            # flushed, so that the body can go on to the close frame.
+            reading = trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout)
+            drained = trio.Event()  # set by the writer: the mailbox is closed and empty
             running = False
             first = True
 
             def wake() -> None:
                 # A writer task runs only while there is something to write: most frames
                 # are written directly (see Session.deliver), and an idle connection
-                # should not hold a parked task.
+                # should not hold a parked task. A cancelled connection (peer gone, or
+                # the close deadline passed) writes nothing more, so it starts none.
                 nonlocal running, first
-                if not running:
+                if not running and not scope.cancel_called:
                     running = True
                     nursery.start_soon(writer, first)
                     first = False
@@ -73,36 +97,49 @@ async def serve_session(
             async def writer(first: bool) -> None:
                 nonlocal running
                 try:
-                    await _writer(hub, session, transport, nursery.cancel_scope, first)
+                    closed_and_drained = await _writer(hub, session, transport, first)
                 finally:
                     running = False
+                if session.peer_closed:
+                    scope.cancel()  # nothing more can be written: end reader and body now
+                elif closed_and_drained:
+                    drained.set()
+                    reading.cancel()  # the reader has nothing left to answer
 
             mailbox.on_ready = wake
-            if mailbox or mailbox.closed:  # the confirmation, or a close already asked
-                wake()
-            task_status.started()
             try:
-                with trio.CancelScope(deadline=trio.current_time() + settings.idle_timeout) as idle:
-                    await _reader(hub, session, transport, idle)
-                if idle.cancelled_caught:
+                if mailbox or mailbox.closed:  # the confirmation, or a close already asked
+                    wake()
+                task_status.started()
+                with reading:
+                    await _reader(hub, session, transport, reading)
+                if reading.cancelled_caught and not drained.is_set():
                     session.request_close(CLOSE_IDLE, "idle timeout")
-                if session.peer_closed:
-                    nursery.cancel_scope.cancel()
-                # Otherwise a close was requested: the writer flushes what is already
-                # queued, then ends the nursery, so nothing accepted for this client is
-                # dropped.
-            except BaseException:
+                if session.peer_closed or session.close_code is None:
+                    # The peer is gone: nothing queued can reach it, so end the writer at
+                    # once. (Without a close request, the reader ends only when the peer
+                    # is gone, and the writer reports a drain only of a mailbox closed
+                    # by other means, e.g. a control frame overflowing it: nothing to
+                    # flush to or to send a close frame for either way.)
+                    scope.cancel()
+                else:
+                    # A close was requested: it closed the mailbox (which woke the writer)
+                    # and put the CLOSE_GRACE deadline on `scope`. Stay in the body until
+                    # the writer has written what was accepted for this client, so that
+                    # nothing accepted is dropped and the close frame goes out last.
+                    await drained.wait()
+            finally:
+                # Before the body can exit (see the invariant above). What still arrives is
+                # refused by the closed mailbox and counted; unregister discards and counts
+                # what was queued and not written.
                 mailbox.on_ready = None
-                raise
-        # Nothing may start a writer in a closed nursery; what still arrives is
-        # discarded (and counted) by unregister.
-        mailbox.on_ready = None
+                mailbox.close()
         if session.close_code is not None and not session.peer_closed:
-            with trio.move_on_after(CLOSE_GRACE) as scope:
-                scope.shield = True
+            with trio.move_on_after(CLOSE_GRACE) as closing:
+                closing.shield = True
                 await transport.close(session.close_code, session.close_reason)
     finally:
-        mailbox.on_ready = None
+        mailbox.on_ready = None  # already so; kept in case the nursery failed to open
         hub.unregister(session)
         event(
             log,
@@ -118,12 +155,12 @@ async def serve_session(
         )
 
 
-async def _writer(
-    hub: Hub, session: Session, transport: Transport, scope: trio.CancelScope, first: bool
-) -> None:
+async def _writer(hub: Hub, session: Session, transport: Transport, first: bool) -> bool:
     """Write what is queued, joined into as few writes as possible, until the mailbox is
-    empty (then return: the next put starts a writer again) or closed and drained (then
-    end the connection's nursery, so the close frame follows)."""
+    empty or the peer is gone (`session.peer_closed`). Returns True when the mailbox is
+    closed and drained (the close frame may follow), False otherwise (empty: the next put
+    starts a writer again). What that means for the connection is `serve_session`'s call.
+    """
     mailbox = session.mailbox
     latency = hub.latency
     batch_mode = session.batch
@@ -134,9 +171,7 @@ async def _writer(
             frames = mailbox.take(1 if first else take)
             first = False
             if not frames:
-                if mailbox.closed:
-                    break  # closed and drained
-                return
+                return mailbox.closed  # closed: drained
             # While the writer holds frames, new ones queue behind them (no direct write).
             session.writing = True
             await transport.send_frames(_joined(frames) if batch_mode else frames)
@@ -154,9 +189,9 @@ async def _writer(
                 await trio.lowlevel.cancel_shielded_checkpoint()
     except TransportClosed:
         session.peer_closed = True
+        return False
     finally:
         session.writing = False
-    scope.cancel()
 
 
 def _observe(latency: LatencyHistogram, frames: list[Frame], now: float) -> None:
@@ -218,6 +253,22 @@ def _notice(session: Session, message: str, body: object) -> Frame:
 
 
 async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.CancelScope) -> None:
+    """Handle client frames until the peer closes (`session.peer_closed`), a frame is too
+    large (close 1009) or the client keeps sending over its frame rate (close 1008).
+    Every frame, even one that is refused or over the rate, moves the heartbeat deadline
+    of `idle`: it shows the client is alive.
+
+    The frame rate is a token bucket per connection: it refills at
+    `hub.max_client_frames_per_second` and holds at most `hub.client_frames_burst` (full
+    at connect). A frame that finds no token is not handled at all (no size check, no
+    decoding, no reply), so a flooding client costs little: the first one of a run gets
+    an error event, the rest are dropped silently; all count in `hub.frame_errors`. When
+    `client_frames_burst` more frames have come over the limit before the bucket is full
+    again, the connection is closed with 1008. Once the bucket is full again, the next
+    run over the limit starts afresh (a new error event)."""
+    tokens = float(hub.settings.client_frames_burst)
+    refilled = trio.current_time()
+    over = 0  # frames over the limit since the bucket was last full
     while True:
         frame = await transport.receive()
         if frame is None:
@@ -230,6 +281,21 @@ async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.C
         idle.deadline = now + settings.idle_timeout
         session.last_seen = now
         hub.frames_in += 1
+        burst = settings.client_frames_burst
+        tokens = min(burst, tokens + (now - refilled) * settings.max_client_frames_per_second)
+        refilled = now
+        if tokens >= burst:
+            over = 0
+        if tokens < 1.0:
+            hub.frame_errors += 1
+            over += 1
+            if over > burst:
+                session.request_close(CLOSE_POLICY, "client frame rate limit exceeded")
+                return
+            if over == 1:
+                session.reply(_rate_limited(session, settings.max_client_frames_per_second, burst))
+            continue
+        tokens -= 1.0
         # len(str) <= its UTF-8 size <= 4 * len(str): encode only when it could matter.
         size = (
             len(frame)
@@ -242,6 +308,22 @@ async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.C
             return
         if not handle_frame(session, frame):
             hub.frame_errors += 1
+
+
+def _rate_limited(session: Session, rate: float, burst: int) -> Envelope:
+    # The frame is not decoded (that is the work being refused), so no ref_id to echo.
+    return _reply(
+        session,
+        GLOBAL,
+        "error",
+        None,
+        {
+            "error": f"client frame rate limit exceeded: at most "
+            f"max_client_frames_per_second={rate:g} on average and "
+            f"client_frames_burst={burst} at once; frames over the limit are dropped "
+            "without a reply, and a client that keeps sending is closed with 1008"
+        },
+    )
 
 
 def handle_frame(session: Session, frame: str | bytes) -> bool:

@@ -22,6 +22,8 @@ class WebContext:
     settings: Settings
     hub: Hub
     auth: Authenticator
+    # `settings.limits.trusted_proxies` parsed once, not on every handshake. Which header
+    # names the client and the IPv6 prefix are read from `settings.limits` per handshake.
     trusted_proxies: tuple[Network, ...]
     http_counts: HttpCounts = field(default_factory=HttpCounts)
     metrics: Metrics | None = None

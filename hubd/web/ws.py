@@ -73,11 +73,13 @@ def _read_request(ctx: WebContext, scope: Scope) -> tuple[str, _Request | HubErr
     headers = scope_headers(scope)
     query = scope_query(scope)
     client = scope.get("client")
+    limits = ctx.settings.limits  # read per handshake: a reload swaps it
     ip = resolve_client_ip(
         client[0] if client else None,
-        headers.get("x-forwarded-for"),
-        headers.get("x-real-ip"),
+        headers,
         ctx.trusted_proxies,
+        header=limits.client_ip_header,
+        ipv6_prefix=limits.ipv6_prefix,
     )
     try:
         check_origin(
@@ -179,7 +181,9 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
             fast.attach(session)
             transport = fast
         else:
-            transport = AsgiTransport(receive, send)
+            plain = AsgiTransport(receive, send)
+            plain.attach(session)
+            transport = plain
         await send({"type": "websocket.accept"})
         await serve_session(ctx.hub, session, transport)
     finally:

@@ -66,8 +66,16 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionHubd
 
 @pytest.fixture(scope="session")
 def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionHubd]:
-    """A shared daemon whose idle deadline is short enough to wait for."""
-    config = config_for(hub={"idle_timeout": IDLE_TIMEOUT})
+    """A shared daemon whose idle deadline is short enough to wait for. Its client frame
+    rate limit is far above the default: heartbeat tests send frames back to back (each
+    after the previous reply) for several deadlines, thousands per second."""
+    config = config_for(
+        hub={
+            "idle_timeout": IDLE_TIMEOUT,
+            "max_client_frames_per_second": 1_000_000.0,
+            "client_frames_burst": 1_000_000,
+        }
+    )
     server = SessionHubd(_write_config(tmp_path_factory.mktemp("hubd"), "idle", config))
     yield server
     server.close()

@@ -65,9 +65,59 @@ def test_check_config_good(good_config: Path) -> None:
     result = run("check-config", str(good_config))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1, result.stdout
+    # The summary, then the worst-case memory: the queues, the history.
+    assert len(lines) == 3, result.stdout
     assert "77" in lines[0]  # the summary reflects the file
+    assert lines[1].startswith("memory: queues up to ")
+    assert "hub.queue_size 77 " in lines[1]
+    assert lines[2].startswith("memory: history up to ")
     assert "Traceback" not in result.stderr
+    assert not result.stderr  # nothing to warn about
+
+
+def test_check_config_prints_the_worst_case_memory(tmp_path: Path) -> None:
+    text = (
+        "[hub]\nqueue_size = 100\nmax_publish_bytes = 1024\nhistory_max_bytes = 1048576\n"
+        "[limits]\nmax_connections = 10\n" + CREDENTIALS
+    )
+    result = run("check-config", str(write(tmp_path, text)))
+    assert result.returncode == 0, result.stderr
+    _, queues, history = result.stdout.strip().splitlines()
+    # 10 connections x (100 queued + 256 being written) frames x 9.2 KiB (1 KiB re-encoded
+    # up to 4x, its envelope, kept twice, the objects): 32.0 MiB; 5 channels' worth: 16.0.
+    assert queues == (
+        "memory: queues up to 32.0 MiB if every queued frame is a distinct event, "
+        "16.0 MiB if they are broadcasts (shared by subscribers): "
+        "limits.max_connections 10 x (hub.queue_size 100 + 256 being written) frames x "
+        "9.2 KiB per frame (hub.max_publish_bytes 1.0 KiB, re-encoded up to 4x, plus its "
+        "framed copy), 5 channels"
+    )
+    assert history == (
+        "memory: history up to 2.0 MiB: hub.history_max_bytes 1.0 MiB, x2 for framed copies"
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "warned"),
+    [
+        pytest.param('trusted_proxies = ["0.0.0.0/0"]', "trusts every IPv4 address", id="v4-all"),
+        pytest.param('trusted_proxies = ["::/0"]', "trusts every IPv6 address", id="v6-all"),
+        pytest.param('trusted_proxies = ["10.0.0.0/8", "64.0.0.0/3"]', "wider than /8", id="wide"),
+        pytest.param('trusted_proxies = ["::ffff:10.0.0.0/104"]', "never matches", id="mapped"),
+        pytest.param('client_ip_header = "x-real-ip"', "is never read", id="no-proxy"),
+    ],
+)
+def test_check_config_warns_about_risky_trusted_proxies(
+    tmp_path: Path, limits: str, warned: str
+) -> None:
+    path = write(tmp_path, f"[limits]\n{limits}\n" + CREDENTIALS)
+    result = run("check-config", str(path))
+    assert result.returncode == 0, result.stderr  # a warning, not an error
+    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith(f"{path}: ok: ")
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"hubd: {path}: warning: limits."), line
+    assert warned in line, line
 
 
 def test_check_config_does_not_print_secrets(good_config: Path) -> None:
