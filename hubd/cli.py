@@ -4,6 +4,7 @@ Exit codes: 0 ok, 2 usage or configuration error (a message, never a traceback).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -93,6 +94,12 @@ def _serve(path: str) -> int:
         print(f"hubd: {path}: {exc}", file=sys.stderr)
         return 2
     handler = setup_logging(settings.log.level, settings.log.format)
+    from hubd.core.clientip import trusted_proxy_warnings
+
+    limits = settings.limits
+    for warning in trusted_proxy_warnings(limits.trusted_proxies, limits.client_ip_header):
+        # As check-config says it, so that a risky file shows in the journal too.
+        logging.getLogger("hubd").warning("configuration: %s", warning)
     try:
         listeners = service.open_all(settings)
     except (service.ListenError, sdnotify.ActivationError) as exc:

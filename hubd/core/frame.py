@@ -42,9 +42,11 @@ class Frame:
 
     def replayed(self) -> Frame:
         """The same event sent again from history: shares the bytes, but is not a fresh
-        delivery for the latency histogram."""
+        delivery for the latency histogram. The WebSocket framing is built here once, on
+        the history's frame, so resuming connections share it instead of each building
+        a copy."""
         frame = Frame(self.payload, None, self.channel, self.seq)
-        frame._wire = self._wire
+        frame._wire = self.wire
         return frame
 
     @property

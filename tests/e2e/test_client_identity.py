@@ -139,3 +139,9 @@ async def test_reload_switches_the_client_ip_header(start_hubd: StartHubd) -> No
         # The open connection keeps counting as the proxy; new ones are named by X-Real-IP.
         async with subscribe(server.port, "pdfm", real_ip("203.0.113.96"), ip=proxy):
             pass
+
+
+async def test_serve_logs_a_warning_for_a_trusted_range_of_everyone(start_hubd: StartHubd) -> None:
+    server = await start_hubd(limits={"trusted_proxies": ["0.0.0.0/0"]})
+    line = await server.wait_for_line(re.compile(r"WARNING .*configuration: limits\.trusted_"))
+    assert "'0.0.0.0/0'" in line.string

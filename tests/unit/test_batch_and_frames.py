@@ -351,3 +351,12 @@ async def test_batch_confirmation_is_a_frame_of_its_own(
     assert "\n" not in first, first
     assert json.loads(first)["message"] == CONFIRMATION_MESSAGE
     assert await read_seqs(client, 3) == [[0, 1, 2]]
+
+
+def test_replayed_copies_of_a_history_frame_share_one_wire_framing() -> None:
+    """An event nobody received live is framed once for all the clients resuming over it,
+    not once per client."""
+    frame = Frame(b'{"message":"m"}', 1.0, "pdfm", 7)
+    first, second = frame.replayed(), frame.replayed()
+    assert first.wire is second.wire is frame.wire
+    assert first.queued_at is None and first.seq == 7
