@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 import msgspec
+import trio
 
 # syslog priorities as journald reads them from a "<N>" line prefix.
 _PRIORITY = {
@@ -70,6 +71,86 @@ def event(logger: logging.Logger, level: int, name: str, **fields: object) -> No
     """Log a structured event: text `name k=v ...`, or in JSON `event` and one key per field."""
     if logger.isEnabledFor(level):
         logger.log(level, Event(name, fields))
+
+
+class RateLimitedLog:
+    """Structured events of one kind (say refused handshakes), at most `limit` lines per
+    `interval` seconds, so that a client repeating a refused request cannot fill the disk.
+
+    An interval starts with the first event after the previous one ended. Events past the
+    limit are counted, not logged; once their interval is over, one line says how many:
+    `suppressed 37 rejected handshakes in the last 10 s` (at the highest level among them).
+    It is written by the first event after the interval or, if none comes, by a timer at
+    the interval's end. Time is trio's clock, so `event` must run inside `trio.run`."""
+
+    def __init__(
+        self, logger: logging.Logger, what: str, *, limit: int = 20, interval: float = 10.0
+    ) -> None:
+        self.logger = logger
+        self.what = what
+        self.limit = limit
+        self.interval = interval
+        self._start: float | None = None
+        self._logged = 0
+        self._suppressed = 0
+        self._level = logging.NOTSET
+        self._timer = False
+
+    @property
+    def due(self) -> float | None:
+        """When the count of suppressed lines is to be logged; None if nothing is pending."""
+        if self._start is None or not self._suppressed:
+            return None
+        return self._start + self.interval
+
+    def event(self, level: int, name: str, **fields: object) -> bool:
+        """`event(logger, level, name, **fields)` unless this interval already had `limit`
+        lines. Returns whether the line was written."""
+        now = trio.current_time()
+        self.flush(now)
+        if self._start is None:
+            self._start = now
+        if self._logged < self.limit:
+            self._logged += 1
+            event(self.logger, level, name, **fields)
+            return True
+        self._suppressed += 1
+        self._level = max(self._level, level)
+        if not self._timer:
+            # A system task: it must not hold up (or die with) the handler that refused.
+            self._timer = True
+            trio.lowlevel.spawn_system_task(self._flush_when_due)
+        return False
+
+    def flush(self, now: float) -> None:
+        """End the current interval if it is over at `now` (trio time), logging the count
+        of the lines it suppressed. A clock behind the interval's start (another
+        `trio.run`) ends it too."""
+        start = self._start
+        if start is None or start <= now < start + self.interval:
+            return
+        if self._suppressed:
+            # Since the interval began (a timer wakes a little late, a later event much
+            # later), in whole seconds. Another run's clock says nothing: the interval.
+            elapsed = now - start if now >= start else self.interval
+            self.logger.log(
+                self._level,
+                "suppressed %d %s in the last %d s",
+                self._suppressed,
+                self.what,
+                round(elapsed),
+            )
+        self._start = None
+        self._logged = self._suppressed = 0
+        self._level = logging.NOTSET
+
+    async def _flush_when_due(self) -> None:
+        try:
+            while (due := self.due) is not None:
+                await trio.sleep_until(due)
+                self.flush(trio.current_time())
+        finally:
+            self._timer = False
 
 
 def _timestamp(created: float) -> str:

@@ -17,3 +17,14 @@ class HubError(Exception):
 
     def __repr__(self) -> str:
         return f"HubError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def too_many_channels(count: int, limit: int) -> HubError:
+    """400 for a request (subscribe query, unsubscribe body) listing more channel names
+    than `hub.max_channels_per_request`."""
+    return HubError(
+        400,
+        "too_many_channels",
+        f"the request lists {count} channel names; at most {limit} are allowed "
+        "(hub.max_channels_per_request)",
+    )

@@ -16,13 +16,20 @@ import msgspec
 import trio
 
 from hubd.core.auth import Principal
-from hubd.core.errors import HubError
+from hubd.core.errors import HubError, too_many_channels
 from hubd.core.frame import Frame
 from hubd.core.history import EventIds, History, is_event_id, parse_id
 from hubd.core.latency import LatencyHistogram
 from hubd.core.mailbox import Mailbox, Overflow
-from hubd.protocol.channels import GLOBAL, UnknownChannelError, normalize, parse_event_types
+from hubd.protocol.channels import (
+    GLOBAL,
+    TooManyChannelsError,
+    UnknownChannelError,
+    normalize,
+    parse_event_types,
+)
 from hubd.protocol.envelope import Envelope, encode_bytes, new_id, utc_timestamp
+from hubd.protocol.quoting import quoted
 from hubd.settings import HubSettings, LimitsSettings
 
 CLOSE_GOING_AWAY = 1001
@@ -125,7 +132,7 @@ class Session:
 
 
 def unknown_client(client_id: str) -> HubError:
-    return HubError(404, "unknown_client", f"no connected client has client_id {client_id!r}")
+    return HubError(404, "unknown_client", f"no connected client has client_id {quoted(client_id)}")
 
 
 def check_owner(principal: Principal, owner: str, client_id: str) -> None:
@@ -134,7 +141,7 @@ def check_owner(principal: Principal, owner: str, client_id: str) -> None:
         raise HubError(
             403,
             "forbidden",
-            f"client {client_id!r} belongs to another principal; only its owner or an "
+            f"client {quoted(client_id)} belongs to another principal; only its owner or an "
             "admin may unsubscribe it",
         )
 
@@ -145,7 +152,7 @@ def check_since(since: str) -> None:
         raise HubError(
             400,
             "bad_request",
-            f"since={since!r} is not an event id; use the 64-hex-digit id of the last "
+            f"since={quoted(since)} is not an event id; use the 64-hex-digit id of the last "
             "event received (or leave it out)",
         )
 
@@ -240,7 +247,11 @@ class Hub:
                 f"principal {principal.name!r} lacks the 'subscriber' role needed to subscribe",
             )
         try:
-            subscriptions = parse_event_types(event_types, self.channels)
+            subscriptions = parse_event_types(
+                event_types, self.channels, self.settings.max_channels_per_request
+            )
+        except TooManyChannelsError as exc:
+            raise too_many_channels(exc.count, exc.limit) from None
         except UnknownChannelError as exc:
             raise HubError(400, "unknown_channel", str(exc)) from None
         denied = [c for c in subscriptions if not principal.allows(c)]
@@ -591,9 +602,12 @@ class Hub:
 
     def unsubscribe_channels(self, channels: list[str]) -> list[str]:
         """The channels an unsubscribe request names, normalized. Raises `HubError(400)`
-        for an unknown channel, an empty list, or `global` alone."""
+        for more than `hub.max_channels_per_request` names (checked first, by counting),
+        an unknown channel, an empty list, or `global` alone."""
         try:
-            requested = normalize(channels, self.channels)
+            requested = normalize(channels, self.channels, self.settings.max_channels_per_request)
+        except TooManyChannelsError as exc:
+            raise too_many_channels(exc.count, exc.limit) from None
         except UnknownChannelError as exc:
             raise HubError(400, "unknown_channel", str(exc)) from None
         if not requested:

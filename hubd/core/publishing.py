@@ -15,6 +15,8 @@ from hubd.core.frame import Frame
 from hubd.core.hub import Hub, Session
 from hubd.protocol.channels import GLOBAL, SERVER_OWNED
 from hubd.protocol.envelope import Envelope, PublishEvent, encode_bytes, utc_timestamp
+from hubd.protocol.jsondepth import MAX_JSON_DEPTH, too_deep
+from hubd.protocol.quoting import quoted
 
 MAX_BATCH = 1000
 
@@ -50,14 +52,31 @@ class PublishResult:
         return {"ids": self.ids} if self.batch else {"id": self.ids[0]}
 
 
+def _too_deep() -> HubError:
+    return HubError(
+        400,
+        "too_deep",
+        f"the request body nests JSON arrays and objects more than {MAX_JSON_DEPTH} levels "
+        f"deep; at most {MAX_JSON_DEPTH} are allowed",
+    )
+
+
 def decode_request(payload: bytes) -> tuple[list[PublishEvent], bool]:
-    """Decode a publish body: one event object or an array of them. Raises `HubError(400)`."""
+    """Decode a publish body: one event object or an array of them. Raises `HubError(400)`:
+    `too_deep` when arrays and objects nest more than `MAX_JSON_DEPTH` levels (checked
+    on the bytes before decoding, since the decoder recurses once per level)."""
     if not payload.strip():
         raise HubError(
             400, "bad_request", "the request body is empty; send a JSON event object or an array"
         )
+    if too_deep(payload):
+        raise _too_deep()
     try:
         decoded = _request_decoder.decode(payload)
+    except RecursionError:
+        # The check above is exact for JSON; this is the backstop for malformed input it
+        # might read differently from the decoder.
+        raise _too_deep() from None
     except msgspec.ValidationError as exc:
         raise HubError(400, "invalid_event", _describe(str(exc))) from None
     except msgspec.DecodeError as exc:
@@ -93,9 +112,10 @@ def _describe(detail: str) -> str:
     where = "" if at == "$" else f" (at {at})"
     if f := re.match(r"^Object missing required field `(\w+)`$", what):
         return f"event is missing the required field '{f[1]}'{where}"
-    if f := re.match(r"^Object contains unknown field `([^`]+)`$", what):
+    # Greedy, and across lines: the name is the client's, backquotes and all.
+    if f := re.match(r"^Object contains unknown field `(.+)`$", what, re.S):
         return (
-            f"event has unknown field '{f[1]}'{where}; allowed fields are event_type, "
+            f"event has unknown field {quoted(f[1])}{where}; allowed fields are event_type, "
             "message, body, client_id"
         )
     if what.startswith("Expected `object | array`"):
@@ -104,7 +124,7 @@ def _describe(detail: str) -> str:
         field = at.rsplit(".", 1)[-1]
         kind = _KINDS.get(f[1].replace(" | null", ""), f[1])
         return f"event field '{field}' must be {kind}, got {_KINDS.get(f[2], f[2])}{where}"
-    return f"invalid event: {what}{where}"
+    return f"invalid event: {quoted(what)}{where}"
 
 
 def _check(
@@ -122,7 +142,8 @@ def _check(
         raise HubError(
             400,
             "unknown_channel",
-            f"{where}unknown event_type {event.event_type!r}; publishable channels are: {valid}",
+            f"{where}unknown event_type {quoted(event.event_type)}; "
+            f"publishable channels are: {valid}",
         )
     if channel in SERVER_OWNED:
         raise HubError(
@@ -157,13 +178,13 @@ def _check(
             raise HubError(
                 404,
                 "unknown_client",
-                f"{where}no connected client has client_id {event.client_id!r}",
+                f"{where}no connected client has client_id {quoted(event.client_id)}",
             )
         if channel not in subscriptions:
             raise HubError(
                 409,
                 "not_subscribed",
-                f"{where}client {event.client_id!r} is not subscribed to {channel!r}; "
+                f"{where}client {quoted(event.client_id)} is not subscribed to {channel!r}; "
                 f"its channels are: {', '.join(subscriptions)}",
             )
     return Checked(channel, event, target)

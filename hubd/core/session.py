@@ -38,6 +38,7 @@ from hubd.protocol.envelope import (
     new_id,
     utc_timestamp,
 )
+from hubd.protocol.quoting import quoted
 
 log = logging.getLogger("hubd.connections")
 
@@ -352,12 +353,14 @@ def handle_frame(session: Session, frame: str | bytes) -> bool:
                 _reply(session, SYSTEM, "client-id", ref_id, {"client-id": session.client_id})
             )
         elif msg.event_type == HEALTH:
-            raise FrameError(f"unknown health message {msg.message!r}; accepted is 'ping'")
+            raise FrameError(f"unknown health message {quoted(msg.message)}; accepted is 'ping'")
         elif msg.event_type == SYSTEM:
-            raise FrameError(f"unknown system message {msg.message!r}; accepted is 'client-id'")
+            raise FrameError(
+                f"unknown system message {quoted(msg.message)}; accepted is 'client-id'"
+            )
         else:
             raise FrameError(
-                f"unknown event_type {msg.event_type!r}; clients may send "
+                f"unknown event_type {quoted(msg.event_type)}; clients may send "
                 "{'event_type': 'health', 'message': 'ping'} or "
                 "{'event_type': 'system', 'message': 'client-id'}"
             )

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from hubd.protocol.jsondepth import MAX_JSON_DEPTH, too_deep
+
 
 class Envelope(msgspec.Struct, omit_defaults=True, kw_only=True):
     """One event as subscribers see it. Declaration order is wire order."""
@@ -69,10 +71,24 @@ class FrameError(ValueError):
     """A client frame that the server cannot act on; the text says what is accepted."""
 
 
+_TOO_DEEP = (
+    f"frame nests JSON arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
+    f"at most {MAX_JSON_DEPTH} are allowed"
+)
+
+
 def decode_client_frame(data: str | bytes) -> ClientFrame:
-    """Decode one client frame or raise `FrameError` naming what was wrong."""
+    """Decode one client frame or raise `FrameError` naming what was wrong.
+
+    Nesting deeper than `MAX_JSON_DEPTH` is refused before decoding (extra keys are
+    tolerated, and the decoder recurses once per level even to skip them)."""
+    if too_deep(data):
+        raise FrameError(_TOO_DEEP)
     try:
         return _frame_decoder.decode(data)
+    except RecursionError:
+        # Backstop for malformed input that the depth check reads differently.
+        raise FrameError(_TOO_DEEP) from None
     except msgspec.DecodeError as exc:
         if isinstance(exc, msgspec.ValidationError):
             raise FrameError(_describe_frame_problem(str(exc))) from None

@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from hubd.protocol.quoting import quoted
 from hubd.web.context import WebContext
 from hubd.web.errors import JSON_HEADERS, error_body
 from hubd.web.http import create_http_app, route_of
@@ -27,7 +28,9 @@ class HubdApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
         ctx = self.ctx
-        if kind in ("http", "websocket") and _on_metrics_listener(ctx, scope):
+        if kind == "http" and _length_is_ambiguous(scope):
+            await _refuse_ambiguous_length(ctx, scope, send)
+        elif kind in ("http", "websocket") and _on_metrics_listener(ctx, scope):
             await _metrics_listener(ctx, scope, receive, send)
         elif kind == "websocket":
             await handle_websocket(ctx, scope, receive, send)
@@ -51,6 +54,37 @@ class HubdApp:
             await self.http(scope, receive, send)
 
 
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def _length_is_ambiguous(scope: Any) -> bool:
+    """Whether a request carries both Content-Length and Transfer-Encoding (ASGI header
+    names are lower case)."""
+    seen = {name for name, _ in scope["headers"] if name in _FRAMING}
+    return len(seen) == 2
+
+
+async def _refuse_ambiguous_length(ctx: WebContext, scope: Any, send: Any) -> None:
+    """400 and `Connection: close`, before any route reads the body: with both headers a
+    proxy in front may have framed the body differently, and whatever follows on this
+    connection could be a smuggled request (RFC 9112 section 6.1 says close it)."""
+    body = error_body(
+        "bad_request",
+        "the request has both Content-Length and Transfer-Encoding; a request must use "
+        "one of them to frame its body",
+    )
+    ctx.http_counts.add(route_of(scope["path"]), 400)
+    headers = [
+        *JSON_HEADERS,
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    # Shielded like every HTTP send (see HubdApp): the close must complete.
+    with trio.CancelScope(shield=True):
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _on_metrics_listener(ctx: WebContext, scope: Any) -> bool:
     address = ctx.metrics_address
     server = scope.get("server")
@@ -70,7 +104,7 @@ async def _metrics_listener(ctx: WebContext, scope: Any, receive: Any, send: Any
                 send,
                 404,
                 "not_found",
-                f"no endpoint at {scope['path']!r} on the metrics listener; use /metrics",
+                f"no endpoint at {quoted(scope['path'])} on the metrics listener; use /metrics",
             )
         return
     if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD") and ctx.metrics:
@@ -78,7 +112,8 @@ async def _metrics_listener(ctx: WebContext, scope: Any, receive: Any, send: Any
     else:
         status, headers = 404, list(JSON_HEADERS)
         body = error_body(
-            "not_found", f"no endpoint at {scope['path']!r} on the metrics listener; use /metrics"
+            "not_found",
+            f"no endpoint at {quoted(scope['path'])} on the metrics listener; use /metrics",
         )
     ctx.http_counts.add("/metrics" if status == 200 else "other", status)
     headers.append((b"content-length", str(len(body)).encode()))

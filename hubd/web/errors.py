@@ -26,3 +26,12 @@ def payload_too_large(size: object, limit: int) -> HubError:
         "payload_too_large",
         f"the request body is {size} bytes; the limit is {limit} bytes (hub.max_publish_bytes)",
     )
+
+
+def request_timeout(seconds: float) -> HubError:
+    """408 for a request body that did not arrive within `server.body_timeout`."""
+    return HubError(
+        408,
+        "request_timeout",
+        f"the request body did not arrive within {seconds:g} s (server.body_timeout)",
+    )

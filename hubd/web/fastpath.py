@@ -6,8 +6,10 @@ frame, so a frame is the same bytes for every subscriber: hubd builds it once pe
 and writes all the frames queued for a connection with one write through the very same
 Hypercorn stream (whose lock keeps writes whole and ordered with Hypercorn's own pongs and
 close frames). It is used only when the ASGI `send` callable is bound to Hypercorn's
-`WSStream` (checked by duck-typing); with any other server, or with compression on, hubd
-uses the plain ASGI path.
+`WSStream` over its `H11Protocol` (as `hubd.web.server` serves every HTTP/1.1
+connection); with any other server, HTTP/2, or with compression on, hubd uses the plain
+ASGI path. `tests/unit/test_hypercorn_seam.py` checks that the direct path is the one a
+real connection gets.
 """
 
 from __future__ import annotations
@@ -17,13 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
-
-try:
-    from hypercorn.protocol.events import Data as _Data
-
-    Data: Any = _Data
-except ImportError:  # a Hypercorn that moved its internals: plain ASGI path only
-    Data = None
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
 
 from hubd.core.frame import Frame
 from hubd.core.hub import Session
@@ -34,9 +32,11 @@ _NEEDED = ("send", "stream_id", "closed", "handshake")
 
 
 def hypercorn_stream(send: Any) -> Any | None:
-    """The Hypercorn WSStream behind an ASGI `send`, or None if it is not one."""
+    """The Hypercorn WSStream (hubd's subclass of it, see `hubd.web.server`) behind an
+    ASGI `send`, or None if it is not one. `tests/unit/test_hypercorn_seam.py` checks
+    that a connection served by `hubd.web.server` is one."""
     stream = getattr(send, "__self__", None)
-    if Data is None or stream is None or type(stream).__name__ != "WSStream":
+    if not isinstance(stream, WSStream):
         return None
     if not all(hasattr(stream, name) for name in _NEEDED):
         return None
@@ -54,7 +54,7 @@ def _tcp_server(stream: Any) -> Any | None:
     (HTTP/2, TLS, another layout): the owner of the socket and of the lock that keeps
     every write to it whole."""
     proto = getattr(stream.send, "__self__", None)
-    if type(proto).__name__ != "H11Protocol":
+    if not isinstance(proto, H11Protocol):
         return None
     server = getattr(getattr(proto, "send", None), "__self__", None)
     if not isinstance(getattr(server, "send_lock", None), trio.Lock):
@@ -82,6 +82,11 @@ class HypercornTransport(AsgiTransport):
         self._lock: trio.Lock | None = server.send_lock if server is not None else None
         self._sock_stream: trio.SocketStream | None = server.stream if server else None
         self._fd = self._sock_stream.socket.fileno() if self._sock_stream else -1
+
+    @property
+    def direct(self) -> bool:
+        """Whether frames go straight to the socket (plain TCP under hubd's server)."""
+        return self._lock is not None
 
     def attach(self, session: Session) -> None:
         """Let the hub write to this connection directly, and route Hypercorn's own

@@ -16,8 +16,9 @@ from hubd import __version__
 from hubd.core.backplane import publish_through
 from hubd.core.errors import HubError
 from hubd.core.hub import Session
+from hubd.protocol.quoting import quoted
 from hubd.web.context import WebContext
-from hubd.web.errors import error_body, json_bytes, payload_too_large
+from hubd.web.errors import error_body, json_bytes, payload_too_large, request_timeout
 
 log = logging.getLogger("hubd.http")
 
@@ -81,9 +82,10 @@ def _json(status: int, value: object) -> Response:
 
 def _error(status: int, code: str, message: str) -> Response:
     response = Response(error_body(code, message), status=status, content_type="application/json")
-    if status == 413:
-        # The oversized body is left unread, so this connection cannot carry another
-        # request: say so, instead of letting a keep-alive client reuse it and fail.
+    if status in (408, 413):
+        # The body (oversized, or still arriving) is left unread, so this connection
+        # cannot carry another request: say so, instead of letting a keep-alive client
+        # reuse it and fail.
         response.headers["Connection"] = "close"
     return response
 
@@ -92,13 +94,18 @@ def _headers() -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-async def _body(limit: int) -> bytes:
+async def _body(limit: int, seconds: float) -> bytes:
+    """The request body: 413 over `limit` bytes, 408 unless it is all in within `seconds`
+    (`server.body_timeout`, read per request so that a reload applies)."""
     length = request.content_length
     if length is not None and length > limit:
         raise payload_too_large(length, limit)
-    request.body_timeout = 30
-    data = await request.get_data(cache=False, as_text=False)
-    return data if isinstance(data, bytes) else data.encode()
+    # Our deadline, not Quart's (an int, 60 s by default): the same 408 as POST /v1/events.
+    request.body_timeout = None
+    with trio.move_on_after(seconds):
+        data = await request.get_data(cache=False, as_text=False)
+        return data if isinstance(data, bytes) else data.encode()
+    raise request_timeout(seconds)
 
 
 def create_http_app(ctx: WebContext) -> QuartTrio:
@@ -112,13 +119,13 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
     # its own (without HubdApp in front) still publishes.
     async def publish() -> Response:
         principal = ctx.authenticate(_headers(), request.args.get("access_token"))
-        payload = await _body(ctx.settings.hub.max_publish_bytes)
+        payload = await _body(ctx.settings.hub.max_publish_bytes, ctx.settings.server.body_timeout)
         result = await publish_through(ctx.backplane, principal, payload)
         return _json(202, result.response())
 
     async def unsubscribe() -> Response:
         principal = ctx.authenticate(_headers(), request.args.get("access_token"))
-        payload = await _body(ctx.settings.hub.max_publish_bytes)
+        payload = await _body(ctx.settings.hub.max_publish_bytes, ctx.settings.server.body_timeout)
         try:
             body = _unsubscribe_decoder.decode(payload)
         except msgspec.DecodeError as exc:
@@ -127,7 +134,8 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
                 "bad_request",
                 "the body must be a JSON object "
                 '{"client_id": "<id>", "event_types": ["<channel>", ...]} '
-                f"({exc})",
+                # The decoder's words can hold the client's (an unknown field's name).
+                f"({quoted(str(exc))})",
             ) from None
         result = await ctx.backplane.unsubscribe(principal, body.client_id, body.event_types)
         log.info(
@@ -231,7 +239,7 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             )
         if status == 404:
             return _error(
-                404, "not_found", f"no endpoint at {request.path!r}; see docs/protocol.md"
+                404, "not_found", f"no endpoint at {quoted(request.path)}; see docs/protocol.md"
             )
         if status == 405:
             valid = getattr(exc, "valid_methods", None) or []
@@ -239,14 +247,14 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             return _error(
                 405,
                 "method_not_allowed",
-                f"{request.method} is not allowed on {request.path!r}; use {allowed}",
+                f"{quoted(request.method)} is not allowed on {quoted(request.path)}; use {allowed}",
             )
         name = (exc.name or "error").lower().replace(" ", "_")
         return _error(status, name, exc.description or name)
 
     @app.errorhandler(Exception)
     async def on_unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", quoted(request.method), quoted(request.path))
         return _error(500, "internal_error", "the server failed to handle this request")
 
     return app

@@ -5,7 +5,8 @@ part of every event's latency. Quart's request machinery (request context, signa
 per-request nursery) cost about as much as everything else in a publish, so this one route
 is served below the Quart-Trio app, like the subscribe socket; every other route stays in
 Quart. Same rules, same JSON answers, same order of checks: credentials (401), body size
-(413, with `Connection: close` since the body is left unread), then `publish_through`.
+(413, with `Connection: close` since the body is left unread), the body arriving within
+`server.body_timeout` (408, with `Connection: close` too), then `publish_through`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import trio
+
 from hubd.core.backplane import publish_through
 from hubd.core.errors import HubError
 from hubd.web.context import WebContext
-from hubd.web.errors import error_body, json_bytes, payload_too_large
+from hubd.web.errors import error_body, json_bytes, payload_too_large, request_timeout
 from hubd.web.scope import headers as scope_headers
 from hubd.web.scope import query as scope_query
 
@@ -29,8 +32,15 @@ def is_publish(scope: Any) -> bool:
     return scope["method"] == "POST" and scope["path"] in PUBLISH_PATHS
 
 
-async def _read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole request body, or None if the client went away. 413 past `limit`."""
+async def _read_body(receive: Any, limit: int, seconds: float) -> bytes | None:
+    """The whole request body, or None if the client went away. 413 past `limit`; 408
+    unless all of it is in within `seconds` (`server.body_timeout`)."""
+    with trio.move_on_after(seconds):
+        return await _read_chunks(receive, limit)
+    raise request_timeout(seconds)
+
+
+async def _read_chunks(receive: Any, limit: int) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -63,13 +73,15 @@ async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -
         length = headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > limit:
             raise payload_too_large(length.strip(), limit)
-        payload = await _read_body(receive, limit)
+        payload = await _read_body(receive, limit, ctx.settings.server.body_timeout)
         if payload is None:
             return  # the client is gone: nothing was published
         result = await publish_through(ctx.backplane, principal, payload)
         await _respond(send, 202, json_bytes(result.response()))
     except HubError as exc:
-        await _respond(send, exc.status, error_body(exc.code, exc.message), close=exc.status == 413)
+        # 408 and 413 leave the body unread: the connection cannot carry another request.
+        close = exc.status in (408, 413)
+        await _respond(send, exc.status, error_body(exc.code, exc.message), close=close)
     except Exception:
         log.exception("unexpected error on POST %s", scope["path"])
         await _respond(

@@ -18,7 +18,8 @@ from hubd.core.clientip import resolve_client_ip
 from hubd.core.errors import HubError
 from hubd.core.session import serve_session
 from hubd.core.transport import Transport
-from hubd.logs import event
+from hubd.logs import RateLimitedLog, event
+from hubd.protocol.quoting import quoted
 from hubd.web.asgi_transport import AsgiTransport
 from hubd.web.context import WebContext
 from hubd.web.errors import JSON_HEADERS, error_body
@@ -27,6 +28,15 @@ from hubd.web.scope import headers as scope_headers
 from hubd.web.scope import query as scope_query
 
 log = logging.getLogger("hubd.connections")
+
+# Refused handshakes cost a client nothing, so their log lines are rate limited (the
+# counters in /metrics still count every one): at most 20 per 10 s, then one line with
+# the number left out.
+REFUSALS_LOGGED = 20
+REFUSALS_INTERVAL = 10.0
+_refusal_log = RateLimitedLog(
+    log, "rejected handshakes", limit=REFUSALS_LOGGED, interval=REFUSALS_INTERVAL
+)
 
 SUBSCRIBE_PATHS = frozenset({"/v1/ws/subscribe", "/api/v1/ws/subscribe"})
 
@@ -53,7 +63,9 @@ def check_origin(origin: str | None, host: str | None, allowed: list[str]) -> No
             return
         permitted = "same-origin pages only (server.allowed_origins is empty)"
     raise HubError(
-        403, "forbidden_origin", f"Origin {origin!r} is not allowed; allowed are {permitted}"
+        403,
+        "forbidden_origin",
+        f"Origin {quoted(origin)} is not allowed; allowed are {permitted}",
     )
 
 
@@ -99,8 +111,7 @@ def _read_request(ctx: WebContext, scope: Scope) -> tuple[str, _Request | HubErr
 
 def _rejected(ctx: WebContext, ip: str, error: HubError) -> None:
     ctx.hub.rejected[error.status] += 1
-    event(
-        log,
+    _refusal_log.event(
         logging.INFO,
         "rejected",
         ip=ip,
@@ -116,7 +127,9 @@ def _flag(query: dict[str, str], name: str) -> bool:
         return False
     if value.lower() in ("1", "true", "yes"):
         return True
-    raise HubError(400, "bad_request", f"{name}={value!r} is not allowed; use {name}=1 or {name}=0")
+    raise HubError(
+        400, "bad_request", f"{name}={quoted(value)} is not allowed; use {name}=1 or {name}=0"
+    )
 
 
 async def reject(send: Any, status: int, code: str, message: str) -> None:
@@ -142,7 +155,7 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
             send,
             404,
             "not_found",
-            f"no WebSocket endpoint at {scope['path']!r}; subscribe at /v1/ws/subscribe",
+            f"no WebSocket endpoint at {quoted(scope['path'])}; subscribe at /v1/ws/subscribe",
         )
         return
     ip, request = _read_request(ctx, scope)
@@ -163,6 +176,19 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
         return
     del request
     try:
+        stream = hypercorn_stream(send)
+        transport: Transport
+        if stream is not None and not ctx.settings.hub.compression:
+            refuse_compression(stream)
+            fast = HypercornTransport(receive, send, stream)
+            fast.attach(session)
+            transport = fast
+            write = "direct" if fast.direct else "asgi"
+        else:
+            plain = AsgiTransport(receive, send)
+            plain.attach(session)
+            transport = plain
+            write = "asgi"
         event(
             log,
             logging.INFO,
@@ -172,18 +198,10 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
             principal=session.principal.name,
             channels=session.subscriptions,
             batch=session.batch,
+            # Which write path serves it: "direct" (hubd's own socket writes, plain TCP)
+            # or "asgi" (TLS, compression, or a server hubd does not know).
+            write=write,
         )
-        stream = hypercorn_stream(send)
-        transport: Transport
-        if stream is not None and not ctx.settings.hub.compression:
-            refuse_compression(stream)
-            fast = HypercornTransport(receive, send, stream)
-            fast.attach(session)
-            transport = fast
-        else:
-            plain = AsgiTransport(receive, send)
-            plain.attach(session)
-            transport = plain
         await send({"type": "websocket.accept"})
         await serve_session(ctx.hub, session, transport)
     finally:

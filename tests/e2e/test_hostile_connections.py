@@ -186,3 +186,12 @@ async def test_out_of_file_descriptors_accept_backs_off_and_recovers(
             )
             assert response.status_code == 202
         assert (await sub.recv())["message"] == "VM_STATE_CHANGED"
+
+
+async def test_a_plain_tcp_subscriber_gets_the_direct_write_path(start_hubd: StartHubd) -> None:
+    """hubd's own socket writes are the fast path (16x the plain ASGI one): a Hypercorn
+    change that made hubd fall back to ASGI would pass every other test."""
+    server = await start_hubd()
+    async with subscribe(server.port, ["pdfm"], SUB):
+        line = await server.wait_for_line(re.compile(r"\bconnected client_id=.* write=(\w+)"))
+    assert line.group(1) == "direct", line.string

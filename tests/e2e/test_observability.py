@@ -155,7 +155,7 @@ async def test_text_log_lines_carry_code_and_reason(start_hubd: StartHubd) -> No
     await server.wait_for_line(
         re.compile(
             prefix + f"connected client_id={leaver.client_id} ip={re.escape(leaver.ip)} "
-            r"principal=sub channels=pdfm,health,global batch=False$"
+            r"principal=sub channels=pdfm,health,global batch=False write=direct$"
         )
     )
     await server.wait_for_line(

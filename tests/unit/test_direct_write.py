@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from hypercorn.protocol.h11 import H11Protocol
 from trio.testing import MockClock, wait_all_tasks_blocked
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
@@ -553,16 +554,16 @@ class _TCPServer:
             await self.stream.send_all(event.data)
 
 
-class H11Protocol:  # the name is what `_tcp_server` checks
+class _H11Protocol(H11Protocol):  # `_tcp_server` checks the class; nothing else is used
     def __init__(self, server: _TCPServer) -> None:
-        self.send = server.protocol_send
+        self.send = server.protocol_send  # type: ignore[assignment]
 
     async def stream_send(self, event: Any) -> None:
         await self.send(event)
 
 
 class _WSStream:
-    def __init__(self, proto: H11Protocol) -> None:
+    def __init__(self, proto: _H11Protocol) -> None:
         self.send = proto.stream_send
         self.closed = False
         self.stream_id = 1
@@ -580,7 +581,7 @@ async def _fastpath_fallback(
     nursery: trio.Nursery, ours: trio.socket.SocketType, peer: trio.socket.SocketType
 ) -> None:
     server = _TCPServer(trio.SocketStream(ours))
-    stream = _WSStream(H11Protocol(server))
+    stream = _WSStream(_H11Protocol(server))
     transport = HypercornTransport(None, None, stream)
     hub = make_hub()
     session = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")

@@ -534,3 +534,44 @@ def test_the_hooks_hubd_overrides_still_exist() -> None:
     ]:
         for name in names:
             assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
+
+
+async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
+    nursery: trio.Nursery,
+) -> None:
+    """hubd.web.fastpath finds Hypercorn's stream, protocol and socket owner behind the
+    ASGI `send` of a connection hubd serves: a Hypercorn change (or a change to the seam)
+    that would silently fall back to the slower plain ASGI path fails here."""
+    from hypercorn.utils import wrap_app
+
+    from hubd.web import fastpath
+
+    found: list[object] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        stream = fastpath.hypercorn_stream(send)
+        found.append(stream)
+        found.append(fastpath._tcp_server(stream) if stream is not None else None)
+        await send({"type": "websocket.accept"})
+        await receive()
+
+    def make(stream: Any) -> seam._TCPServer:
+        return seam._TCPServer(
+            wrap_app(app, 0, None),
+            _config(),
+            WorkerContext(None),
+            {},
+            stream,
+            _options(),
+            seam._Counters(),
+        )
+
+    conn = await _serve(nursery, make)
+    await conn.client.send_all(upgrade("ok"))
+    assert (await conn.read_some()).startswith(b"HTTP/1.1 101 ")
+    stream, _server = found
+    assert isinstance(stream, WSStream)
+    assert isinstance(stream.send.__self__, H11Protocol)  # type: ignore[attr-defined]
+    # Over real TCP the socket owner is found too: tests/e2e/test_hostile_connections.py
+    # checks the `connected` log line says write=direct.
