@@ -6,13 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_CONFIG := config/hubd.dev.toml
 
-.PHONY: run test lint typecheck unit bench clean help
+.PHONY: run test lint typecheck unit bench abuse clean help
 
 help:
 	@echo "make run    start hubd on $(DEV_CONFIG) (in-memory hub, 127.0.0.1:8080)"
 	@echo "make test   lint, type-check and run the whole test suite"
 	@echo "make lint   ruff + mypy --strict only"
 	@echo "make bench  benchmarks (see bench/README.md)"
+	@echo "make abuse  legitimate traffic under attack (ABUSE_ARGS=--quick: 10 s phases)"
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(BIN)/python ] || ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
@@ -54,6 +55,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+abuse: $(STAMP)
+	$(BIN)/python -m bench.abuse $(ABUSE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

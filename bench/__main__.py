@@ -4,6 +4,7 @@
     python -m bench load [SCENARIO ...]  # a real `hubd serve` on loopback, started here
     python -m bench cluster              # fan-out across two nodes sharing a redis-server
     python -m bench                      # all of them, the defaults `make bench` runs
+    python -m bench abuse [--quick ...]  # legitimate traffic under attack (bench/abuse.py)
 
 Each figure is the median of --reps runs; `load` also prints the batch=1 / default ratio
 measured in the same run, which is what to quote on a shared, noisy machine.
@@ -208,6 +209,11 @@ def ulimit_raise() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["abuse"]:  # its own options: python -m bench abuse --help
+        from bench.abuse import main as abuse_main
+
+        return abuse_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "what", nargs="?", default="all", choices=["all", "core", "load", "cluster"]
