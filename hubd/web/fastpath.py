@@ -92,6 +92,7 @@ class HypercornTransport(AsgiTransport):
         """Let the hub write to this connection directly, and route Hypercorn's own
         frames (pongs, close) through the session's queue whenever hubd has bytes queued
         or in flight, so that nothing can land inside a partly written frame."""
+        super().attach(session)
         if self._lock is None:
             return
         session.direct = self.try_write

@@ -101,6 +101,37 @@ class Throttled:
         log.log(self._level, "%s: %s%s", self._what, detail, more)
 
 
+class ThrottleFilter(logging.Filter):
+    """Passes at most `limit` records per `interval` seconds of trio time; the first
+    record after a quiet spell says how many were held back. For Hypercorn's error log,
+    whose "Error in ASGI Framework" tracebacks a client must never be able to multiply."""
+
+    def __init__(self, limit: int = 5, interval: float = LOG_INTERVAL) -> None:
+        super().__init__()
+        self.limit = limit
+        self.interval = interval
+        self._start = -inf
+        self._passed = 0
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # logged outside the trio run (start-up, exit)
+            return True
+        if now - self._start >= self.interval:
+            if self.suppressed:
+                held = self.suppressed
+                record.msg = f"{record.getMessage()} ({held} more held back before this)"
+                record.args = None
+            self._start, self._passed, self.suppressed = now, 0, 0
+        if self._passed >= self.limit:
+            self.suppressed += 1
+            return False
+        self._passed += 1
+        return True
+
+
 class ServeOptions:
     """What hubd asks of the server beyond Hypercorn's own `Config`."""
 
@@ -354,6 +385,26 @@ class _TCPServer(TCPServer):
             await protocol._send_error_response(431)
         await self._close()
 
+    async def _close(self) -> None:
+        # Hypercorn half-closes without its send lock: a response being written by the
+        # app's task at that moment failed with BusyResourceError (a request whose body
+        # stops at a FIN while its error response goes out). Half-close only when no one
+        # is writing; otherwise the close below ends that write, which Hypercorn handles.
+        if not self.send_lock.locked():
+            self.send_lock.acquire_nowait()
+            try:
+                await self.stream.send_eof()
+            except (
+                trio.BrokenResourceError,
+                trio.BusyResourceError,
+                trio.ClosedResourceError,
+                AttributeError,  # a TLS stream has no half-close
+            ):
+                pass
+            finally:
+                self.send_lock.release()
+        await self.stream.aclose()
+
     async def _idle_timeout(self) -> None:
         # The first request's head must arrive within the handshake limit; between
         # requests the connection may wait for the keep-alive timeout.
@@ -442,6 +493,11 @@ async def serve(
         config.alpn_protocols = ["http/1.1"]
     config.ssl_handshake_timeout = options.handshake_timeout
     config.h11_max_incomplete_size = options.max_header_bytes
+    errorlog = config.errorlog
+    if isinstance(errorlog, logging.Logger) and not any(
+        isinstance(f, ThrottleFilter) for f in errorlog.filters
+    ):
+        errorlog.addFilter(ThrottleFilter())
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
@@ -491,4 +547,4 @@ async def serve(
         lifespan_nursery.cancel_scope.cancel()
 
 
-__all__ = ["CAPACITY_ERRNOS", "ServeOptions", "Throttled", "peer_of", "serve"]
+__all__ = ["CAPACITY_ERRNOS", "ServeOptions", "ThrottleFilter", "Throttled", "peer_of", "serve"]

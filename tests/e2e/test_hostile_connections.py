@@ -195,3 +195,27 @@ async def test_a_plain_tcp_subscriber_gets_the_direct_write_path(start_hubd: Sta
     async with subscribe(server.port, ["pdfm"], SUB):
         line = await server.wait_for_line(re.compile(r"\bconnected client_id=.* write=(\w+)"))
     assert line.group(1) == "direct", line.string
+
+
+async def test_a_body_cut_by_fin_while_its_error_goes_out_logs_no_traceback(
+    start_hubd: StartHubd,
+) -> None:
+    """A chunked body that stops at a FIN, on a request refused at once (Content-Length
+    with Transfer-Encoding): Hypercorn half-closed the socket while the refusal was being
+    written, and logged a BusyResourceError traceback per request."""
+    server = await start_hubd()
+    request = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Api-Key: pub-key\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+        b'Content-Length: 45\r\n\r\n5\r\n{"eve\r\n'
+    )
+    for _ in range(30):
+        stream = await raw_connect(server.port)
+        await stream.send_all(request)
+        await stream.send_eof()
+        answer = await read_until_closed(stream)
+        assert answer in (b"",) or answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+        await stream.aclose()
+    await health_ok(server)
+    assert "Traceback" not in server.output
+    assert "BusyResourceError" not in server.output

@@ -503,6 +503,7 @@ UPSTREAM = {
     (TCPServer, "run"): "fd34b021d1a86c98",
     (TCPServer, "_read_data"): "7ca747d922c65cf1",
     (TCPServer, "_idle_timeout"): "210ce1014d98e1cb",
+    (TCPServer, "_close"): "bc73c4ae25a1ceec",
     (WSStream, "_handle_events"): "b90f3f595ff9fd47",
     (WSStream, "handle"): "743209f49012b8c7",
 }
@@ -575,3 +576,18 @@ async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
     assert isinstance(stream.send.__self__, H11Protocol)  # type: ignore[attr-defined]
     # Over real TCP the socket owner is found too: tests/e2e/test_hostile_connections.py
     # checks the `connected` log line says write=direct.
+
+
+async def test_hypercorns_error_log_is_throttled(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("hypercorn.error.throttle-test")
+    logger.addFilter(seam.ThrottleFilter(limit=5, interval=10.0))
+    with caplog.at_level(logging.ERROR, logger=logger.name):
+        for _ in range(100):  # a client repeating whatever makes the app fail
+            logger.error("Error in ASGI Framework %s", "x")
+        await trio.sleep(10)
+        logger.error("Error in ASGI Framework %s", "y")
+    lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
+    assert len(lines) == 6
+    assert lines[-1] == "Error in ASGI Framework y (95 more held back before this)"
