@@ -302,7 +302,8 @@ class _TCPServer(TCPServer):
             server = parse_socket_addr(sock.family, sock.getsockname())
             async with TaskGroup() as task_group:
                 self._task_group = task_group
-                self.protocol = ProtocolWrapper(
+                # The arguments Hypercorn gives its protocol; HTTP/1.1 gets hubd's subclass.
+                args = (
                     self.app,
                     self.config,
                     self.context,
@@ -312,20 +313,10 @@ class _TCPServer(TCPServer):
                     client,
                     server,
                     self.protocol_send,
-                    alpn_protocol,
                 )
+                self.protocol = ProtocolWrapper(*args, alpn_protocol)
                 if isinstance(self.protocol.protocol, H11Protocol):
-                    h11 = _H11Protocol(
-                        self.app,
-                        self.config,
-                        self.context,
-                        task_group,
-                        ConnectionState(self.state),
-                        ssl,
-                        client,
-                        server,
-                        self.protocol_send,
-                    )
+                    h11 = _H11Protocol(*args)
                     h11.http2 = self.options.http2
                     h11.counters = self.counters
                     self.protocol.protocol = h11
