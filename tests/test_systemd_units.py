@@ -145,13 +145,19 @@ def test_verify_does_report_problems_in_these_files(tmp_path: Path) -> None:
     """The check above is not vacuous: a missing program and an unknown key are reported,
     naming the unit file."""
     service, socket_copy = installable_copy(tmp_path / "units", real_paths=False)
+    # A program that is missing on every host: INSTALLED_HUBD itself exists wherever
+    # docs/operations.md was followed, and verify would then (rightly) accept it.
+    missing = tmp_path / "not-installed" / "bin" / "hubd"
+    text = service.read_text(encoding="utf-8")
+    assert INSTALLED_HUBD in text
+    service.write_text(text.replace(INSTALLED_HUBD, str(missing)), encoding="utf-8")
     socket_copy.write_text(
         socket_copy.read_text(encoding="utf-8").replace("Accept=no", "Acept=no"),
         encoding="utf-8",
     )
     _, lines = verify(service, socket_copy)
     reported = about_units(lines)
-    assert any("hubd.service" in line and INSTALLED_HUBD in line for line in reported), lines
+    assert any("hubd.service" in line and str(missing) in line for line in reported), lines
     assert any("hubd.socket" in line and "Acept" in line for line in reported), lines
 
 
