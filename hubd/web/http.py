@@ -8,7 +8,7 @@ import time
 
 import msgspec
 import trio
-from quart import Response, request
+from quart import Response, g, has_request_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -82,12 +82,19 @@ def _json(status: int, value: object) -> Response:
 
 def _error(status: int, code: str, message: str) -> Response:
     response = Response(error_body(code, message), status=status, content_type="application/json")
-    if status in (408, 413):
-        # The body (oversized, or still arriving) is left unread, so this connection
-        # cannot carry another request: say so, instead of letting a keep-alive client
-        # reuse it and fail.
+    if status in (408, 413) or _body_unread():
+        # The body (oversized, still arriving, or not read because the request was refused
+        # first, e.g. 401) is left unread, so this connection cannot carry another
+        # request: say so, instead of letting a keep-alive client reuse it and fail.
         response.headers["Connection"] = "close"
     return response
+
+
+def _body_unread() -> bool:
+    """Whether the current request may have a body that `_body` has not read."""
+    if not has_request_context() or g.get("hubd_body_read", False):
+        return False
+    return request.content_length != 0 and request.method in ("POST", "PUT", "PATCH", "DELETE")
 
 
 def _headers() -> dict[str, str]:
@@ -104,6 +111,7 @@ async def _body(limit: int, seconds: float) -> bytes:
     request.body_timeout = None
     with trio.move_on_after(seconds):
         data = await request.get_data(cache=False, as_text=False)
+        g.hubd_body_read = True
         return data if isinstance(data, bytes) else data.encode()
     raise request_timeout(seconds)
 

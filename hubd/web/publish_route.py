@@ -67,6 +67,7 @@ async def _respond(send: Any, status: int, body: bytes, *, close: bool = False) 
 async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -> None:
     """Serve one `POST /v1/events` request."""
     limit = ctx.settings.hub.max_publish_bytes
+    payload: bytes | None = None
     try:
         headers = scope_headers(scope)
         principal = ctx.authenticate(headers, scope_query(scope).get("access_token"))
@@ -79,8 +80,10 @@ async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -
         result = await publish_through(ctx.backplane, principal, payload)
         await _respond(send, 202, json_bytes(result.response()))
     except HubError as exc:
-        # 408 and 413 leave the body unread: the connection cannot carry another request.
-        close = exc.status in (408, 413)
+        # An answer given before the body was read (401, 403, 408, 413) leaves it unread:
+        # the server then closes the connection, so say so, or a keep-alive client would
+        # send its next request on a connection that is going away.
+        close = payload is None
         await _respond(send, exc.status, error_body(exc.code, exc.message), close=close)
     except Exception:
         log.exception("unexpected error on POST %s", scope["path"])

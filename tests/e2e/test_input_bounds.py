@@ -274,3 +274,36 @@ async def test_content_length_with_transfer_encoding_gets_400_and_a_close(
     error = error_of(response_body)
     assert error["error"] == "bad_request"
     assert "Content-Length and Transfer-Encoding" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/ws/unsubscribe"])
+async def test_a_refusal_before_the_body_is_read_says_the_connection_closes(
+    hub_server: SessionHubd, path: str
+) -> None:
+    """The body is left unread, so the server closes the connection after answering; the
+    answer must say so, or a keep-alive client sends its next request into a closing
+    connection (seen as `Server disconnected without sending a response`)."""
+    stream = await raw_connect(hub_server.port)
+    async with stream:
+        head = request_head(
+            "POST",
+            path,
+            hub_server.port,
+            {"Content-Type": "application/json", "Content-Length": "100"},
+        )
+        await stream.send_all(head)  # no credentials, and the body is never sent
+        got, response_headers, body = await response_then_close(stream, WAIT)
+    assert got == 401
+    assert response_headers["connection"].lower() == "close"
+    assert error_of(body)["error"] == "unauthorized"
+
+
+async def test_an_error_after_the_body_was_read_keeps_the_connection(
+    hub_server: SessionHubd,
+) -> None:
+    async with http_client(hub_server.url) as client:
+        refused = await client.post("/v1/events", json={"nope": 1}, headers=PUB)
+        assert refused.status_code == 400
+        assert refused.headers.get("connection", "").lower() != "close"
+        again = await client.post("/v1/events", json=event(), headers=PUB)
+        assert again.status_code == 202
