@@ -61,7 +61,7 @@ log = logging.getLogger("hubd.server")
 CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 # Accept retries this often while out of file descriptors (as trio's serve_listeners).
 ACCEPT_BACKOFF = 0.1
-# Repeated conditions (EMFILE, failing connections, protocol errors) are logged at most
+# Repeated conditions (EMFILE, failing connections) are logged at most
 # once per this many seconds, with a count of what happened in between.
 LOG_INTERVAL = 10.0
 # Bytes a client may send behind its upgrade request before hubd has answered it (its
@@ -149,7 +149,6 @@ class _Counters:
     def __init__(self) -> None:
         self.failed = Throttled("connection failed inside the HTTP server, closed it")
         self.accept = Throttled("accept is out of resources, retrying")
-        self.protocol = Throttled("WebSocket protocol error", logging.DEBUG)
 
 
 class _WSStream(WSStream):
@@ -163,13 +162,11 @@ class _WSStream(WSStream):
     - A malformed client frame is answered with a close frame carrying wsproto's code
       (1002, 1007) instead of a bare TCP close (1006 at the client)."""
 
-    counters: _Counters
     _early: bytearray | None
     _early_overflow: bool
     _events_lock: trio.Lock
 
-    def _adopt(self, counters: _Counters) -> None:
-        self.counters = counters
+    def _adopt(self) -> None:
         self._early = bytearray()
         self._early_overflow = False
         # Early frames are fed from a task of their own; frames must still reach the app
@@ -235,9 +232,8 @@ class _WSStream(WSStream):
                     break
 
     async def _protocol_error(self, code: int, reason: str) -> None:
+        # The app is told the code and reason, and its `closed` log line says them.
         short = reason[:_MAX_REASON]
-        peer = self.client[0] if self.client else "unknown"
-        self.counters.protocol.note(f"ip={peer} code={int(code)} reason={short!r}")
         await self._send_wsproto_event(CloseConnection(code=code, reason=short))
         if self.app_put is not None:
             # The app hears the code first; Hypercorn's own disconnect follows unread.
@@ -246,7 +242,6 @@ class _WSStream(WSStream):
 
 class _H11Protocol(H11Protocol):
     http2: bool = False
-    counters: _Counters
 
     async def _check_protocol(self, event: Any) -> None:
         # Without HTTP/2 an `Upgrade: h2c` header is ignored (the request is answered in
@@ -259,7 +254,7 @@ class _H11Protocol(H11Protocol):
         if type(self.stream) is WSStream:
             self.stream.__class__ = _WSStream
             assert isinstance(self.stream, _WSStream)
-            self.stream._adopt(self.counters)
+            self.stream._adopt()
 
 
 class _TCPServer(TCPServer):
@@ -273,11 +268,9 @@ class _TCPServer(TCPServer):
         state: Any,
         stream: Any,
         options: ServeOptions,
-        counters: _Counters,
     ) -> None:
         super().__init__(app, config, context, state, stream)
         self.options = options
-        self.counters = counters
         self._idle = True  # no request in flight: the next bytes are a request head
         self._requests = 0
         self._head_bytes = 0  # bytes received since the current request head began
@@ -318,7 +311,6 @@ class _TCPServer(TCPServer):
                 if isinstance(self.protocol.protocol, H11Protocol):
                     h11 = _H11Protocol(*args)
                     h11.http2 = self.options.http2
-                    h11.counters = self.counters
                     self.protocol.protocol = h11
                 await self.protocol.initiate()
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
@@ -522,7 +514,6 @@ async def serve(
                 context,
                 ConnectionState(lifespan_state.copy()),
                 options=options,
-                counters=counters,
             )
             handler = partial(_guarded, make, counters)
             async with trio.open_nursery() as acceptors:

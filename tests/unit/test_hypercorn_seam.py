@@ -138,7 +138,6 @@ def _hubd(stream: Any, http2: bool = False) -> seam._TCPServer:
         {},
         stream,
         _options(http2),
-        seam._Counters(),
     )
 
 
@@ -565,7 +564,6 @@ async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
             {},
             stream,
             _options(),
-            seam._Counters(),
         )
 
     conn = await _serve(nursery, make)
