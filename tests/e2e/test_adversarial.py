@@ -46,6 +46,7 @@ from .helpers import (
     PUB,
     WAIT,
     HubdProcess,
+    client_ip,
     event,
     http_client,
     raw_connect,
@@ -63,7 +64,6 @@ PINPOINT_READ_FOR = 0.35
 SEND_TIMEOUT = 2.0  # a write the server does not take in this long is abandoned
 HEAD_TIMEOUT = 2.0  # waiting for the 101 before sending frames
 HEALTH_TIMEOUT = 5.0  # for /v1/health on a loaded machine
-SETTLE = 0.15  # for the daemon's stderr lines to reach us before looking at them
 MAX_RESTARTS = 16  # bounded: a daemon that dies on everything still ends the run
 BUDGET = 150.0  # seconds; a hurt daemon makes the run longer, never unbounded
 
@@ -870,9 +870,26 @@ async def health_problem(port: int) -> str | None:
     return None
 
 
+async def log_barrier(server: HubdProcess) -> None:
+    """Wait until the daemon has written the log lines of what it did before now: a
+    subscriber from a fresh address comes and goes, and its `closed` line is awaited
+    (the daemon writes its lines in order). A daemon too unwell for that is left to the
+    checks that follow."""
+    ip = client_ip()
+    try:
+        with trio.fail_after(HEALTH_TIMEOUT):
+            async with subscribe(server.port, "pdfm", ip=ip):
+                pass
+        await server.wait_for_line(
+            re.compile(rf"\bclosed .*ip={re.escape(ip)} "), within=HEALTH_TIMEOUT
+        )
+    except Exception:  # refused, timed out, gone: what daemon_problem reports next
+        return
+
+
 async def daemon_problem(server: HubdProcess, since: int = 0) -> str | None:
     """Why the daemon is not well (new tracebacks, exited, no health), or None."""
-    await trio.sleep(SETTLE)  # let the stderr lines of whatever just happened arrive
+    await log_barrier(server)
     problems: list[str] = []
     tracebacks = traceback_lines(server, since)
     if tracebacks:

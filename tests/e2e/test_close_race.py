@@ -82,21 +82,30 @@ async def test_publishes_answer_202_while_subscribers_disconnect(start_hubd: Sta
     server = await start_hubd(server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
     statuses: list[int] = []
     stop = trio.Event()
+    answered = trio.Event()  # set (and replaced) on every answer
 
     async def publisher() -> None:
+        nonlocal answered
         async with http_client(server.url) as http:
             while not stop.is_set():
                 response = await http.post("/v1/events", json=event(), headers=PUB)
                 statuses.append(response.status_code)
+                answered.set()
+                answered = trio.Event()
                 assert response.status_code == 202, response.text
+
+    async def publishes_answered(n: int) -> None:
+        while len(statuses) < n:
+            await answered.wait()
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(publisher)
-            for _ in range(4):  # rounds of subscribers that all leave together
+            for round_ in range(4):  # rounds of subscribers that all leave together
                 streams = await open_all(server.port, CLIENTS)
-                await trio.sleep(0.05)  # let some events reach them first
+                # Some publishes reach them first, then they leave while more go out.
+                await publishes_answered(6 * (round_ + 1))
                 await close_all_at_once(streams)
             stop.set()
     assert len(statuses) > 20, "the publishers hardly ran"

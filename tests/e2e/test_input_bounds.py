@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 import trio
@@ -95,14 +94,13 @@ async def test_a_huge_unsubscribe_list_is_refused_at_once(hub_server: SessionHub
         subscribe(hub_server.port, "pdfm") as sub,
         http_client(hub_server.url) as http,
     ):
-        started = time.monotonic()
+        # Quadratic, this list stalled the whole server for about 4 s, and was answered
+        # with unknown_channel listing every name.
         response = await http.post(
             "/v1/ws/unsubscribe",
             json={"client_id": sub.client_id, "event_types": names},
             headers=SUB,
         )
-        # Quadratic, this list stalled the whole server for about 4 s.
-        assert time.monotonic() - started < 2.0
         error = assert_json_error(response, 400)
         assert error["error"] == "too_many_channels"
         assert "25000 channel names" in error["message"]
@@ -233,9 +231,9 @@ async def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(
             {**headers, "Content-Type": "application/json", "Content-Length": "100"},
         )
         await stream.send_all(head + b'{"event_t')  # 10 of the 100 bytes, then nothing
-        started = time.monotonic()
+        # Without the body timeout no answer came at all (publish), or only after Quart's
+        # own 30 s (unsubscribe): both beyond WAIT.
         status, response_headers, body = await response_then_close(stream, WAIT)
-        assert time.monotonic() - started < 5.0
     assert status == 408
     assert response_headers["connection"].lower() == "close"
     error = error_of(body)
