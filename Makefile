@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_CONFIG := config/hubd.dev.toml
 
-.PHONY: run test lint typecheck unit bench abuse clean help
+.PHONY: run test lint typecheck unit bench abuse chaos soak clean help
 
 help:
 	@echo "make run    start hubd on $(DEV_CONFIG) (in-memory hub, 127.0.0.1:8080)"
@@ -14,6 +14,8 @@ help:
 	@echo "make lint   ruff + mypy --strict only"
 	@echo "make bench  benchmarks (see bench/README.md)"
 	@echo "make abuse  legitimate traffic under attack (ABUSE_ARGS=--quick: 10 s phases)"
+	@echo "make chaos  fault injection with an event-by-event loss checker (CHAOS_ARGS=--minutes N)"
+	@echo "make soak   10,000 connections held for 10 minutes: RSS, fds, tasks (SOAK_ARGS=--minutes N)"
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(BIN)/python ] || ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
@@ -58,6 +60,12 @@ bench: $(STAMP)
 
 abuse: $(STAMP)
 	$(BIN)/python -m bench.abuse $(ABUSE_ARGS)
+
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
