@@ -65,6 +65,7 @@ class HubCollector(Collector):
                 "1 while the event backplane is reachable (always 1 for the in-memory hub)",
                 value=int(self.backplane.healthy),
             )
+            yield from _lag_metrics(self.backplane, hub)
 
         yield GaugeMetricFamily(
             "hubd_connections_open", "Open subscriber connections", value=len(hub.sessions)
@@ -157,6 +158,45 @@ class HubCollector(Collector):
         for (route, status), count in sorted(self.http.counts.items()):
             requests.add_metric([route, str(status)], count)
         yield requests
+
+
+def _lag_metrics(backplane: Backplane, hub: Hub) -> Iterator[Metric]:
+    """How far behind the cluster a Redis node is, and what its subscribers were told it
+    lost (the in-memory hub has no such figures)."""
+    lag = getattr(backplane, "lag", None)
+    cutoffs = getattr(backplane, "lag_cutoffs", None)
+    gaps = getattr(backplane, "seq_gaps", None)
+    if not isinstance(lag, int):
+        return
+    notices = CounterMetricFamily(
+        "hubd_missed_notices",
+        "events_dropped notices sent because events may never have reached this node "
+        "(one per connection told), by reason",
+        labels=["reason"],
+    )
+    for reason, count in sorted(hub.missed_notices.items()):
+        notices.add_metric([reason], count)
+    yield notices
+    yield GaugeMetricFamily(
+        "hubd_backplane_lag",
+        "Events the cluster had numbered that this node had not delivered yet, at the "
+        "last check (every 0.1 s while events flow)",
+        value=lag,
+    )
+    if isinstance(cutoffs, int):
+        yield CounterMetricFamily(
+            "hubd_backplane_lag_cutoffs",
+            "Times this node fell more than backplane.max_lag events behind, dropped its "
+            "subscription and caught up from the streams",
+            value=cutoffs,
+        )
+    if isinstance(gaps, int):
+        yield CounterMetricFamily(
+            "hubd_backplane_seq_gaps",
+            "Gaps in the event numbering on one subscription (numbers taken by a publish "
+            "Redis stopped part-way; nothing was delivered for them anywhere)",
+            value=gaps,
+        )
 
 
 class Metrics:

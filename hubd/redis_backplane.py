@@ -16,6 +16,15 @@ A publish is one Lua script: it numbers the events, stores them in their channel
 stream and announces them, atomically, so every node sees events in sequence order and a
 node that lost its subscription can catch up exactly from the streams. Many events of a
 request share that one round trip.
+
+Every event is one message on `<p>:events` to every node, so a node knows how far behind
+it is: the cluster's `<p>:seq` minus the last seq it delivered. coredis reads Pub/Sub
+messages off the socket into an unbounded buffer; a node whose fan-out is slower than the
+cluster's publish rate would grow it without limit. So while events flow a node compares
+the two every `LAG_CHECK` seconds, and beyond `backplane.max_lag` it drops its
+subscription (its own Redis connection, and with it everything buffered), subscribes
+again and catches up from the streams. What the streams no longer hold, its subscribers
+are told about (`Hub.missed`).
 """
 
 from __future__ import annotations
@@ -190,6 +199,35 @@ def _cancellation(exc: BaseException) -> BaseException | None:
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 RELEASE_QUEUE = 10_000
+# Seconds between two lag checks (a GET of the cluster's seq) while events flow.
+LAG_CHECK = 0.1
+# The reason `Hub.missed` gives subscribers when the backplane lost events for them.
+GAP = "backplane_gap"
+
+
+class _LagCutoff(Exception):
+    """This node is more than `max_lag` events behind: drop the subscription."""
+
+    def __init__(self, behind: int, limit: int) -> None:
+        super().__init__(f"{behind} events behind, more than backplane.max_lag={limit}")
+        self.behind = behind
+        self.limit = limit
+
+
+def _lag_cutoff(exc: BaseException) -> _LagCutoff | None:
+    """The cutoff inside `exc`, unless it is being cancelled: tearing the subscription
+    down may add connection errors to the group, which the new subscription will meet
+    again if they are real."""
+    if isinstance(exc, _LagCutoff):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        if _cancellation(exc) is not None:
+            return None
+        for inner in exc.exceptions:
+            found = _lag_cutoff(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _client_options(url: str) -> dict[str, Any]:
@@ -233,6 +271,20 @@ class RedisBackplane:
         self._epoch_seen: str | None = None
         self._was_up = False  # connected since the last failure
         self._reset = trio.Event()
+        self._options = _client_options(settings.url)
+        # Set when Redis was found to have lost its data: the next catch-up tells every
+        # subscriber that events may be missing.
+        self._renumbered = False
+        # The seq of the previous Pub/Sub message of the current subscription (0: none yet).
+        self._previous = 0
+        # The cluster's seq when the streams were last caught up from: without history,
+        # what was numbered before it and not delivered is lost (and said to be), not due.
+        self._caught_up = 0
+        # Events the cluster had numbered and this node had not delivered, at the last
+        # check; lag cutoffs and seq gaps since start (for /metrics).
+        self.lag = 0
+        self.lag_cutoffs = 0
+        self.seq_gaps = 0
         hub.keep_history = False  # history lives in Redis; the hub need not keep its own
         hub.history.size = 0
 
@@ -275,16 +327,9 @@ class RedisBackplane:
         started at once: a node serves its local subscribers even while Redis is down."""
         task_status.started()
         delay = BACKOFF_FIRST
-        options = _client_options(self.settings.url)
         while True:
             try:
-                async with coredis.Redis(
-                    **options,
-                    decode_responses=False,
-                    connect_timeout=2.0,
-                    stream_timeout=5.0,
-                    retry_policy=NoRetryPolicy(),
-                ) as client:
+                async with self._redis() as client:
                     await self._session(client)
             except BaseException as raised:
                 cancelled = _cancellation(raised)
@@ -311,6 +356,15 @@ class RedisBackplane:
             if self._client is None and delay >= BACKOFF_MAX:
                 delay = BACKOFF_MAX
 
+    def _redis(self) -> coredis.Redis[bytes]:
+        return coredis.Redis(
+            **self._options,
+            decode_responses=False,
+            connect_timeout=2.0,
+            stream_timeout=5.0,
+            retry_policy=NoRetryPolicy(),
+        )
+
     async def _session(self, client: coredis.Redis[bytes]) -> None:
         try:
             await self._serve(client)
@@ -321,44 +375,95 @@ class RedisBackplane:
     async def _serve(self, client: coredis.Redis[bytes]) -> None:
         await client.ping()
         epoch = await self._epoch(client)
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    await self._listen(client, nursery, epoch)
+                except BaseException as raised:
+                    cutoff = _lag_cutoff(raised)
+                    if cutoff is None:
+                        raise
+                    self.lag_cutoffs += 1
+                    log.warning(
+                        "backplane: this node is %d events behind the cluster, more than "
+                        "backplane.max_lag=%d: dropped its Pub/Sub subscription and what it "
+                        "had buffered; subscribing again and catching up from the streams "
+                        "(cutoff %d since start)",
+                        cutoff.behind,
+                        cutoff.limit,
+                        self.lag_cutoffs,
+                    )
+
+    async def _listen(
+        self, client: coredis.Redis[bytes], nursery: trio.Nursery, epoch: str
+    ) -> None:
+        """Subscribe, catch up from the streams, then deliver until the subscription ends
+        (raises) or this node falls more than `max_lag` events behind (`_LagCutoff`).
+
+        The subscription has a Redis client of its own: dropping it (leaving its context)
+        closes its connection, and with it everything coredis buffered from the socket,
+        while `client` keeps serving publishes and resumes."""
         events, control = self._key("events"), self._key("control")
-        async with client.pubsub(
-            channels=[events, control], retry_policy=NoRetryPolicy()
-        ) as pubsub:
+        async with (
+            self._redis() as listener,
+            listener.pubsub(channels=[events, control], retry_policy=NoRetryPolicy()) as pubsub,
+            trio.open_nursery() as watching,
+        ):
             # Subscribed: anything published from here on is buffered in `pubsub`.
             # Catch up from the streams first, so a lost subscription loses nothing.
-            await self._catch_up(client)
-            self._reset = trio.Event()  # before anyone can use the client and set it
-            self._client = client
-            self._was_up = True
-            self._connected.set()
-            await self._reclaim(client)
-            event(
-                log,
-                logging.INFO,
-                "backplane connected",
-                url=_safe(self.settings.url),
-                node=self.node,
-                epoch=epoch,
-            )
-            async with trio.open_nursery() as nursery:
+            self._previous = 0
+            await self._catch_up(client, watching)
+            if self._client is None:  # the first subscription of this connection
+                self._reset = trio.Event()  # before anyone can use the client and set it
+                self._client = client
+                self._was_up = True
+                self._connected.set()
+                await self._reclaim(client)
+                event(
+                    log,
+                    logging.INFO,
+                    "backplane connected",
+                    url=_safe(self.settings.url),
+                    node=self.node,
+                    epoch=epoch,
+                )
                 nursery.start_soon(self._renew, client)
                 nursery.start_soon(self._release_loop, client)
                 nursery.start_soon(self._reset_on_request)
-                async for message in pubsub:
-                    if message["type"] != "message":
-                        continue
-                    data = _bytes(message["data"])
-                    try:
-                        if _bytes(message["channel"]) == events.encode():
-                            self._deliver(data)
-                        else:
-                            self._control(data)
-                    except (ValueError, HubError) as exc:
-                        # A message this node cannot use (another version, another
-                        # channel list) must not stop it from serving the others.
-                        log.warning("backplane: ignored a message: %s: %r", exc, data[:200])
-                raise coredis.exceptions.ConnectionError("subscription ended")
+            events_b = events.encode()
+            async for message in pubsub:
+                if message["type"] != "message":
+                    continue
+                data = _bytes(message["data"])
+                try:
+                    if _bytes(message["channel"]) == events_b:
+                        self._deliver(data)
+                    else:
+                        self._control(data)
+                except (ValueError, HubError) as exc:
+                    # A message this node cannot use (another version, another
+                    # channel list) must not stop it from serving the others.
+                    log.warning("backplane: ignored a message: %s: %r", exc, data[:200])
+            raise coredis.exceptions.ConnectionError("subscription ended")
+
+    async def _watch_lag(self, client: coredis.Redis[bytes]) -> None:
+        """While events flow, compare the cluster's numbering with what this node has
+        delivered; more than `max_lag` behind raises `_LagCutoff`. Idle, it asks nothing."""
+        key = self._key("seq")
+        limit = self.settings.max_lag
+        hub = self.hub
+        checked = -1
+        while True:
+            await trio.sleep(LAG_CHECK)
+            delivered = hub.last_seq
+            if delivered == checked and not self.lag:
+                continue  # nothing delivered since the last check, and nothing was behind
+            checked = delivered
+            newest = await client.get(key)
+            behind = (int(newest) if newest else 0) - max(hub.last_seq, self._caught_up)
+            self.lag = max(0, behind)
+            if behind > limit:
+                raise _LagCutoff(behind, limit)
 
     async def _reset_on_request(self) -> None:
         await self._reset.wait()
@@ -388,6 +493,8 @@ class RedisBackplane:
                 self._epoch_seen,
             )
             hub.renumbered()
+            self._renumbered = True
+            self._caught_up = 0
         self._epoch_seen = epoch
         hub.ids.epoch = epoch
         return epoch
@@ -402,6 +509,18 @@ class RedisBackplane:
         # measured slower (a writer start per event and connection, not per batch).
         channel_b, target_b, seq_b, _, payload = data.split(b"\n", 4)
         seq = int(seq_b)
+        previous, self._previous = self._previous, seq
+        if previous and seq > previous + 1:
+            # Every event is one message to every node, in seq order: on one subscription
+            # a gap means numbers the publish script took and never published (Redis
+            # stopped it part-way, its publisher got an error). Nothing reached any node,
+            # so no subscriber is told; but it should not happen.
+            self.seq_gaps += 1
+            log.warning(
+                "backplane: events %d to %d were numbered but never published",
+                previous + 1,
+                seq - 1,
+            )
         direct = True
         hub = self.hub
         if seq <= hub.last_seq and not target_b:
@@ -421,23 +540,64 @@ class RedisBackplane:
         else:
             hub.last_seq = max(hub.last_seq, seq)
 
-    async def _catch_up(self, client: coredis.Redis[bytes]) -> None:
+    async def _catch_up(self, client: coredis.Redis[bytes], watching: trio.Nursery) -> None:
         """Deliver what the streams hold past the last event this node delivered (after a
-        reconnect, or everything of a new epoch; on first connect there is nothing)."""
+        reconnect or a lag cutoff, or everything of a new epoch; on first connect there is
+        nothing), and tell the subscribers that may have lost events what the streams no
+        longer hold, ahead of what is delivered here. Once the streams are read, the lag
+        is watched (in `watching`): a catch-up counts as being behind."""
         hub = self.hub
-        snap = await self._snapshot(client, sorted(hub.channels), hub.last_seq)
-        missed = 0
-        for seq, channel, payload, _ in snap.entries:
+        after = hub.last_seq
+        snap = await self._snapshot(client, sorted(hub.channels), after)
+        self._caught_up = snap.seq
+        watching.start_soon(self._watch_lag, client)
+        held = [entry for entry in snap.entries if entry[0] > after]
+        history = hub.settings.history_size
+        # Numbered since the last event delivered here and not delivered now: targeted
+        # events, events trimmed from their stream, or (no history) every one of them.
+        undelivered = max(0, snap.seq - after - len(held))
+        if self._renumbered:
+            # Redis lost its data: whatever it numbered after the last event delivered
+            # here is gone, on any channel, and how much is unknown.
+            self._renumbered = False
+            told = hub.missed(None, 0, GAP)
+            log.warning("backplane: told %d subscriber(s) that events may be lost", told)
+        elif history == 0:
+            # Nothing is kept to catch up from. (Some of these may still come as
+            # messages, if they were published after subscribing: an upper bound.)
+            told = hub.missed(None, undelivered, GAP) if undelivered else 0
+            if told:
+                log.warning(
+                    "backplane: up to %d event(s) published while this node was not "
+                    "subscribed are lost (hub.history_size = 0); told %d subscriber(s)",
+                    undelivered,
+                    told,
+                )
+        else:
+            trimmed = sorted(c for c, seq in snap.evicted.items() if seq > after)
+            told = hub.missed(trimmed, undelivered, GAP) if trimmed else 0
+            if told:
+                log.warning(
+                    "backplane: the streams of %s no longer hold every event published "
+                    "while this node was not subscribed (up to %d lost); told %d "
+                    "subscriber(s)",
+                    ", ".join(trimmed),
+                    undelivered,
+                    told,
+                )
+        for index, (seq, channel, payload, _) in enumerate(held):
             if seq > hub.last_seq:
                 hub.publish(channel, Frame(payload, trio.current_time(), channel, seq), seq=seq)
-                missed += 1
-        if hub.settings.history_size > 0:
+            if index % 16 == 15:
+                # A long catch-up must not stall the node: its connections still run.
+                await trio.lowlevel.checkpoint()
+        if history > 0:
             # Everything numbered so far is either delivered now or targeted (those only
             # come through Pub/Sub and are not skipped): later messages at or below this
             # seq are duplicates. Without history nothing was caught up: skip nothing.
             hub.last_seq = max(hub.last_seq, snap.seq)
-        if missed:
-            log.warning("backplane: delivered %d event(s) missed while disconnected", missed)
+        if held:
+            log.warning("backplane: delivered %d event(s) missed while not subscribed", len(held))
 
     async def _snapshot(
         self, client: coredis.Redis[bytes], channels: list[str], after: int

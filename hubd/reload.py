@@ -2,7 +2,8 @@
 
 Credentials, limits and hub tuning apply at once without dropping connections; what
 cannot change while running (listen addresses, TLS files, the metrics listener, removing
-channels, compression) keeps its old value until a restart, and the report says so.
+channels, compression, the history file) keeps its old value until a restart, and the
+report says so.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _RESTART_ONLY = (
     ("backplane", "url", "the backplane is connected at start"),
     ("backplane", "prefix", "the backplane is connected at start"),
     ("backplane", "lease_seconds", "the backplane is connected at start"),
+    ("backplane", "max_lag", "the backplane is connected at start"),
 )
 
 
@@ -59,6 +61,13 @@ def apply(ctx: WebContext, new: Settings) -> ReloadReport:
     # (Hypercorn's WebSocket limit, Quart's content length): they may go down live, not
     # above their values at start.
     hub = new.hub
+    if hub.history_path != old.hub.history_path:
+        # The file is opened, loaded and locked at start; switching files while running
+        # would leave the new one without the events published so far.
+        report.kept.append(
+            "hub.history_path: a change needs a restart (the history file is opened at start)"
+        )
+        hub = msgspec.structs.replace(hub, history_path=old.hub.history_path)
     for key in ("max_message_bytes", "max_publish_bytes"):
         ceiling = getattr(ctx.started.hub, key)
         if getattr(hub, key) > ceiling:

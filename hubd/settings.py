@@ -122,6 +122,9 @@ class HubSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     history_ttl: PositiveFloat = 3600.0
     # Bytes of event frames kept in history, all channels together; the oldest go first.
     history_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 67108864
+    # A file (SQLite) that keeps the history across a restart of a single node; "" keeps
+    # it in memory only. The in-memory backplane only; a change needs a restart.
+    history_path: str = ""
     # Channel names one request may list (subscribe query, unsubscribe body); 400 above.
     max_channels_per_request: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 64
     # Client frames one connection may send per second on average, and in a burst; over
@@ -143,6 +146,18 @@ class HubSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                     "use 1-64 characters of a-z, 0-9, "
                     "'_', '.', '-', starting with a letter or digit"
                 )
+        if "\x00" in self.history_path or self.history_path.strip() != self.history_path:
+            raise ValueError(
+                f".history_path is {self.history_path!r}; use a file path without NUL "
+                'characters or surrounding spaces, or "" to keep the history in memory only'
+            )
+        name = self.history_path.rsplit("/", 1)[-1]
+        if self.history_path and (name in ("", ".", "..") or self.history_path == ":memory:"):
+            raise ValueError(
+                f".history_path is {self.history_path!r}, which is not a file; use a file "
+                "path such as '/var/lib/hubd/history.db', or \"\" to keep the history in "
+                "memory only"
+            )
 
     @property
     def all_channels(self) -> frozenset[str]:
@@ -269,6 +284,11 @@ class BackplaneSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     # A node's claims (client IPs, connections) expire this long after it stops renewing
     # them, e.g. because it crashed.
     lease_seconds: Annotated[float, msgspec.Meta(ge=1)] = 15.0
+    # Events a node may be behind the cluster (numbered in Redis, not yet delivered to its
+    # own subscribers) before it drops its Pub/Sub subscription, and with it everything
+    # buffered there, then subscribes again and catches up from the streams. Bounds the
+    # memory a node that cannot keep up spends on the backlog: about max_lag x event size.
+    max_lag: PositiveInt = 10000
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"rediss?://[^\s]+|unix://[^\s]+", self.url):
@@ -324,6 +344,13 @@ def _cross_check(settings: Settings) -> None:
         if digest in seen:
             raise ConfigError(f"{path} uses the same secret as {seen[digest]}; secrets must differ")
         seen[digest] = path
+    if settings.hub.history_path and settings.backplane.kind != "memory":
+        # Redis already keeps the history of every node; a second copy per node would
+        # disagree with it after a restart.
+        raise ConfigError(
+            f"hub.history_path is set but backplane.kind is {settings.backplane.kind!r}: "
+            "with Redis the history is kept in Redis; leave hub.history_path empty"
+        )
     metrics_listen = settings.metrics.listen
     if (
         metrics_listen is not None

@@ -131,6 +131,23 @@ class Session:
         self.deliver(Frame(encode_bytes(envelope), channel=envelope.event_type), direct=True)
 
 
+def notice_frame(session: Session, message: str, body: object) -> Frame:
+    """A server notice (`events_dropped`, ...) addressed to `session`, on `global`."""
+    return Frame(
+        encode_bytes(
+            Envelope(
+                id=new_id(),
+                event_type=GLOBAL,
+                timestamp=utc_timestamp(),
+                message=message,
+                body=body,
+                client_id=session.client_id,
+            )
+        ),
+        channel=GLOBAL,
+    )
+
+
 def unknown_client(client_id: str) -> HubError:
     return HubError(404, "unknown_client", f"no connected client has client_id {quoted(client_id)}")
 
@@ -162,9 +179,10 @@ class _Resume:
     held: list[Frame] = field(default_factory=list)
     # Set once the replay is in the mailbox: live events up to this seq were in it.
     replayed_upto: int | None = None
-    # More was published meanwhile than the queue holds: the oldest held events were
-    # dropped, so the resume cannot be complete.
-    overflowed: bool = False
+    # The resume cannot be complete: more was published meanwhile than the queue holds
+    # (the oldest held events were dropped), or events of its channels may never have
+    # reached this hub (see Hub.missed).
+    incomplete: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +233,9 @@ class Hub:
         self.dropped_by_channel: Counter[str] = Counter()
         self.frames_in = 0
         self.frame_errors = 0
+        # `events_dropped` notices sent because events may never have reached this hub
+        # (see `missed`), by reason.
+        self.missed_notices: Counter[str] = Counter()
 
     # -- connections -------------------------------------------------------------------
 
@@ -548,7 +569,7 @@ class Hub:
             return
         frames = [frame.replayed() for frame in replayed]
         frames.append(
-            self._replay_complete(session, len(replayed), complete and not state.overflowed)
+            self._replay_complete(session, len(replayed), complete and not state.incomplete)
         )
         frames.extend(f for f in state.held if f.seq > upto)
         session.mailbox.extend(frames)
@@ -568,7 +589,7 @@ class Hub:
                     # Bounded like the queue: the oldest held event goes (counted),
                     # and the resume will say it is incomplete.
                     state.held.pop(0)
-                    state.overflowed = True
+                    state.incomplete = True
                     session.mailbox.dropped_total += 1
                 state.held.append(frame)
                 held += 1
@@ -583,6 +604,35 @@ class Hub:
         self._resuming.pop(session, None)
         for channel in session.subscriptions:
             self._subscribers[channel][session] = None
+
+    def missed(self, channels: Iterable[str] | None, count: int, reason: str) -> int:
+        """Events of `channels` (None: of any channel) may never have reached this hub
+        (its backplane lost them): tell every session subscribed to one of them with an
+        `events_dropped` notice, queued behind what it was sent so far and ahead of every
+        event delivered after this call. `count` is at most how many events are missing
+        (0: unknown). A session whose resume is still being fetched is not sent a notice:
+        its `replay_complete` says `complete: false` instead. Returns how many sessions
+        were told. Never blocks."""
+        wanted = None if channels is None else frozenset(channels)
+        body = {"dropped": count, "reason": reason}
+        told = 0
+        for session in list(self.sessions.values()):
+            if wanted is not None and wanted.isdisjoint(session.subscriptions):
+                continue
+            state = self._resuming.get(session) if self._resuming else None
+            if state is not None and state.replayed_upto is None:
+                state.incomplete = True
+                told += 1
+                continue
+            if session.mailbox.closed:
+                continue  # closing: it will not be sent anything more anyway
+            # Room beyond the queue bound (like replay_complete): the notice neither
+            # pushes an event out nor overflows a `disconnect` queue. Should later events
+            # push it out, the queue's own drop notice still tells the client.
+            session.mailbox.extend([notice_frame(session, "events_dropped", body)])
+            told += 1
+        self.missed_notices[reason] += told
+        return told
 
     def renumbered(self) -> None:
         """The backplane's numbering started again (its store lost its data): sessions

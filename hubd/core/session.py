@@ -25,7 +25,15 @@ import logging
 import trio
 
 from hubd.core.frame import Frame
-from hubd.core.hub import CLOSE_GRACE, CLOSE_IDLE, CLOSE_POLICY, CLOSE_TOO_BIG, Hub, Session
+from hubd.core.hub import (
+    CLOSE_GRACE,
+    CLOSE_IDLE,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    Hub,
+    Session,
+    notice_frame,
+)
 from hubd.core.latency import LatencyHistogram
 from hubd.core.transport import Transport, TransportClosed
 from hubd.logs import event
@@ -34,7 +42,6 @@ from hubd.protocol.envelope import (
     Envelope,
     FrameError,
     decode_client_frame,
-    encode_bytes,
     new_id,
     utc_timestamp,
 )
@@ -181,7 +188,7 @@ async def _writer(hub: Hub, session: Session, transport: Transport, first: bool)
                 # The client has caught up: tell it how much it missed.
                 dropped = mailbox.take_unreported_drops()
                 await transport.send_frames(
-                    [_notice(session, "events_dropped", {"dropped": dropped})]
+                    [notice_frame(session, "events_dropped", {"dropped": dropped})]
                 )
             session.writing = False
             if mailbox:
@@ -236,21 +243,6 @@ def _joined(frames: list[Frame]) -> list[Frame]:
 
 def _join(run: list[Frame]) -> Frame:
     return run[0] if len(run) == 1 else Frame(b"\n".join([f.payload for f in run]))
-
-
-def _notice(session: Session, message: str, body: object) -> Frame:
-    return Frame(
-        encode_bytes(
-            Envelope(
-                id=new_id(),
-                event_type=GLOBAL,
-                timestamp=utc_timestamp(),
-                message=message,
-                body=body,
-                client_id=session.client_id,
-            )
-        )
-    )
 
 
 async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.CancelScope) -> None:

@@ -177,6 +177,13 @@ async def test_redis_down_then_back(start_hubd: StartHubd, own_redis: RedisServe
                 await trio.sleep(0.1)
         after = response.json()["id"]
         for client in (on_a, on_b):
+            # Redis came back without its data: nobody can tell what it had numbered last,
+            # so each node tells its subscribers that events may be missing, first.
+            notice = await client.recv()
+            assert (notice["message"], notice["body"]["reason"]) == (
+                "events_dropped",
+                "backplane_gap",
+            )
             got = await client.recv()
             assert (got["message"], got["id"]) == ("after", after)
         assert (await http_a.get("/v1/ready")).status_code == 200
