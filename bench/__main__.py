@@ -2,6 +2,7 @@
 
     python -m bench core                 # the core alone, in process, no sockets
     python -m bench load [SCENARIO ...]  # a real `hubd serve` on loopback, started here
+    python -m bench load fanout --persist both  # also with hub.history_path on, same run
     python -m bench cluster              # fan-out across two nodes sharing a redis-server
     python -m bench                      # all of them, the defaults `make bench` runs
     python -m bench abuse [--quick ...]  # legitimate traffic under attack (bench/abuse.py)
@@ -56,12 +57,18 @@ roles = ["admin"]
 
 
 class Server:
-    """A `hubd serve` subprocess on a free loopback port."""
+    """A `hubd serve` subprocess on a free loopback port. With `persist`, its history is
+    kept in a fresh file (`hub.history_path`) in a temporary directory."""
 
-    def __init__(self, extra: str = "") -> None:
+    def __init__(self, extra: str = "", *, persist: bool = False) -> None:
+        self.history_dir = tempfile.mkdtemp(prefix="hubd-bench-history-") if persist else None
+        config = CONFIG
+        if self.history_dir is not None:
+            path = os.path.join(self.history_dir, "history.db")
+            config = config.replace("[hub]\n", f"[hub]\nhistory_path = {json.dumps(path)}\n")
         fd, self.config = tempfile.mkstemp(suffix=".toml", prefix="hubd-bench-")
         with os.fdopen(fd, "w") as f:
-            f.write(CONFIG + extra)
+            f.write(config + extra)
         # The log goes to a file, not a pipe: a pipe nobody drains would block the server.
         self.log = self.config.replace(".toml", ".log")
         with open(self.log, "w") as log:
@@ -91,33 +98,58 @@ class Server:
                 self.proc.kill()
         os.unlink(self.config)
         os.unlink(self.log)
+        if self.history_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.history_dir, ignore_errors=True)
 
 
-def run_load(scenarios: list[str], reps: int) -> list[dict[str, Any]]:
+def run_load(scenarios: list[str], reps: int, persist: str = "off") -> list[dict[str, Any]]:
+    """Each scenario's median over `reps` runs, per batch mode. `persist`: "off" (the
+    in-memory history), "on" (`hub.history_path` set), or "both": each rep runs once
+    without and once with it, back to back, so the ratio compares like with like on a
+    shared machine."""
     ulimit_raise()
     summaries: list[dict[str, Any]] = []
+    histories = {"off": [False], "on": [True], "both": [False, True]}[persist]
     for name in scenarios:
         modes = [False, True] if name in ("light", "fanout") else [False]
         for batch in modes:
-            results = []
+            results: dict[bool, list[dict[str, Any]]] = {h: [] for h in histories}
             for _ in range(reps):
-                server = Server()
-                try:
-                    opts = dict(SCENARIOS[name])
-                    opts["rss_before_kb"] = rss_kb(server.proc.pid)
-                    target = Target("127.0.0.1", server.port, "bench", server.proc.pid, batch)
-                    results.append(trio.run(_run, target, name, opts))
-                finally:
-                    server.stop()
-            summary = {"scenario": name, "batch": batch, **median_summary(results)}
-            summaries.append(summary)
-            print(json.dumps(summary), flush=True)
-    by_key = {(s["scenario"], s["batch"]): s for s in summaries}
+                for history in histories:
+                    server = Server(persist=history)
+                    try:
+                        opts = dict(SCENARIOS[name])
+                        opts["rss_before_kb"] = rss_kb(server.proc.pid)
+                        target = Target("127.0.0.1", server.port, "bench", server.proc.pid, batch)
+                        results[history].append(trio.run(_run, target, name, opts))
+                    finally:
+                        server.stop()
+            for history in histories:
+                summary = {"scenario": name, "batch": batch, **median_summary(results[history])}
+                if persist != "off":
+                    summary["history_path"] = history
+                summaries.append(summary)
+                print(json.dumps(summary), flush=True)
+    by_key = {(s["scenario"], s["batch"], s.get("history_path", False)): s for s in summaries}
     for name in ("light", "fanout"):
-        plain, batched = by_key.get((name, False)), by_key.get((name, True))
-        if plain and batched and plain["deliveries_per_s"] and batched["deliveries_per_s"]:
-            ratio = batched["deliveries_per_s"] / plain["deliveries_per_s"]
-            print(f"{name}: batch=1 / default deliveries/s = {ratio:.2f}x (same run)")
+        for history in histories:
+            plain, batched = by_key.get((name, False, history)), by_key.get((name, True, history))
+            if plain and batched and plain["deliveries_per_s"] and batched["deliveries_per_s"]:
+                ratio = batched["deliveries_per_s"] / plain["deliveries_per_s"]
+                label = " (history_path on)" if history else ""
+                print(f"{name}: batch=1 / default deliveries/s = {ratio:.2f}x (same run){label}")
+        if persist == "both":
+            for batch in (False, True):
+                off, on = by_key.get((name, batch, False)), by_key.get((name, batch, True))
+                if off and on and off["deliveries_per_s"] and on["deliveries_per_s"]:
+                    ratio = on["deliveries_per_s"] / off["deliveries_per_s"]
+                    print(
+                        f"{name} batch={int(batch)}: history_path on / off deliveries/s = "
+                        f"{ratio:.2f}x ({on['deliveries_per_s']:.0f} / "
+                        f"{off['deliveries_per_s']:.0f}, same run)"
+                    )
     return summaries
 
 
@@ -220,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), help=", ".join(SCENARIOS))
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--persist",
+        choices=["off", "on", "both"],
+        default="off",
+        help="load: keep the history in a file (hub.history_path): off, on, or both "
+        "(each rep runs without and with it; prints the ratio)",
+    )
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -229,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("all", "core"):
         print(json.dumps(run_core(reps=args.reps)), flush=True)
     if args.what in ("all", "load"):
-        run_load(args.scenarios, args.reps)
+        run_load(args.scenarios, args.reps, args.persist)
     if args.what in ("all", "cluster"):
         run_cluster(args.reps)
     return 0

@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         from hubd.budget import memory_lines
         from hubd.core.clientip import trusted_proxy_warnings
-        from hubd.service import check_tls
+        from hubd.service import check_history_path, check_tls
 
         try:
             settings = load_settings(args.path)
             check_tls(settings)  # the files the daemon would load at start
+            check_history_path(settings)
         except ConfigError as exc:
             print(f"hubd: {args.path}: {exc}", file=sys.stderr)
             return 2
@@ -90,6 +91,7 @@ def _serve(path: str) -> int:
     try:
         settings = load_settings(path)
         service.check_tls(settings)
+        service.check_history_path(settings)
     except ConfigError as exc:
         print(f"hubd: {path}: {exc}", file=sys.stderr)
         return 2
@@ -105,7 +107,11 @@ def _serve(path: str) -> int:
     except (service.ListenError, sdnotify.ActivationError) as exc:
         print(f"hubd: {exc}", file=sys.stderr)
         return 1
-    trio.run(partial(service.run, settings, path, listeners, log_handler=handler))
+    try:
+        trio.run(partial(service.run, settings, path, listeners, log_handler=handler))
+    except ConfigError as exc:  # found at start, before serving (hub.history_path)
+        print(f"hubd: {path}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,6 +20,7 @@ from hypercorn.config import Config as HypercornConfig
 from hubd import __version__, reload, sdnotify
 from hubd.core.auth import Authenticator
 from hubd.core.backplane import Backplane, MemoryBackplane
+from hubd.core.history_store import HistoryStore, StoreUnusable
 from hubd.core.hub import CLOSE_GOING_AWAY, Hub
 from hubd.logs import configure as configure_logging
 from hubd.logs import event
@@ -105,6 +106,40 @@ def check_tls(settings: Settings) -> None:
         ) from None
 
 
+def check_history_path(settings: Settings) -> None:
+    """The cheap part of opening `hub.history_path`, without touching the file (a running
+    hubd holds it locked): its directory exists and it is not a directory itself. Raises
+    `ConfigError` naming the key; the daemon opens the file itself at start."""
+    path = settings.hub.history_path
+    if not path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(
+            f"hub.history_path: the directory {directory!r} does not exist; create it "
+            "(writable by hubd) or change the path"
+        )
+    if os.path.isdir(path):
+        raise ConfigError(f"hub.history_path: {path!r} is a directory; name a file in it")
+
+
+async def open_history(settings: Settings, hub: Hub) -> HistoryStore | None:
+    """With `hub.history_path` set, load the history kept there into `hub` (same epoch,
+    numbering continued) and return the store to run; None when it is off. Raises
+    `ConfigError` naming the key when the file cannot be used: a node that was told to
+    keep its history must not silently start without it."""
+    path = settings.hub.history_path
+    if not path:
+        return None
+    store = HistoryStore(path)
+    try:
+        hub.ids = await store.open(hub.history)
+    except StoreUnusable as exc:
+        raise ConfigError(f"hub.history_path: {exc}") from None
+    hub.last_seq = hub.ids.seq
+    return store
+
+
 @dataclass
 class Listeners:
     """Every socket hubd serves, bound (or received from systemd) before anything starts."""
@@ -188,7 +223,10 @@ async def run(
 
     Draining refuses new connections and publishes (503), closes every WebSocket with 1001
     after flushing what was queued for it, and returns within `server.shutdown_timeout`;
-    a connection whose peer will not take its last frames is cut when that time is up."""
+    a connection whose peer will not take its last frames is cut when that time is up.
+    With `hub.history_path`, the history is loaded before serving and, once drained (no
+    publish can follow), written out with the clean mark; raises `ConfigError` before
+    serving when that file cannot be used."""
     notifier = sdnotify.Notifier.from_environ()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         hub = Hub(settings.hub, settings.limits)
@@ -216,11 +254,19 @@ async def run(
             tls=settings.server.tls,
             backplane=settings.backplane.kind,
             metrics=_address(listeners.metrics) if listeners.metrics else None,
+            history=settings.hub.history_path or None,
         )
+        try:
+            store = await open_history(settings, hub)
+        except ConfigError:
+            listeners.close()
+            raise
         reloader = partial(_reload, ctx, config_path, notifier, log_handler)
         async with trio.open_nursery() as outer:
             outer.start_soon(_watch_signals, signals, shutdown, reloader)
             await outer.start(backplane.run)
+            if store is not None:
+                await outer.start(store.run)
             async with trio.open_nursery() as server:
                 binds: list[str] = await server.start(
                     partial(
@@ -253,6 +299,12 @@ async def run(
             with trio.move_on_after(2) as release_scope:
                 release_scope.shield = True
                 await backplane.aclose()  # frees this node's client IPs at once
+            if store is not None:
+                # Drained: nothing more can be published, so the last seq is final. If this
+                # does not finish before _exit_at, the file stays "running" and the next
+                # start treats the stop as unclean (honest, just less complete).
+                with trio.CancelScope(deadline=deadline, shield=True):
+                    await store.close()
             outer.cancel_scope.cancel()
         event(log, logging.INFO, "stopped")
         notifier.close()

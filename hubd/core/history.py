@@ -20,6 +20,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from hubd.core.frame import Frame
 
@@ -69,6 +70,28 @@ def parse_id(event_id: str, epoch: str) -> int | None:
 # the bytes object's header, its `_Held` record, their numbers and two deque slots
 # (measured: ~300), so that a flood of tiny events is bounded too.
 ENTRY_OVERHEAD = 300
+
+
+class HistoryObserver(Protocol):
+    """Told of every change to what a `History` holds (see `hubd.core.history_store`,
+    which mirrors it to a file). Both calls come from the publish path: they must be
+    cheap plain `def`s that never block."""
+
+    def kept(self, channel: str, seq: int, frame: Frame, at: float) -> None:
+        """Broadcast event `seq` of `channel` is now held (`at`: trio time published)."""
+
+    def evicted(self, channel: str, seq: int) -> None:
+        """Every event of `channel` up to `seq` is no longer held."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One held event as a store gives it back at start: `at` is already trio time."""
+
+    seq: int
+    channel: str
+    at: float
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -123,9 +146,63 @@ class History:
         # Events evicted to keep within max_bytes, and the bytes they counted for.
         self.evicted_for_bytes = 0
         self.evicted_bytes = 0
-        # The highest seq published while nothing was kept (size or max_bytes 0): no
-        # channel's watermark knows it, so a resume from before it is incomplete.
+        # The highest seq published while nothing was kept (size or max_bytes 0), or that
+        # a restart may have lost (see `restore`): no channel's watermark knows it, so a
+        # resume from before it is incomplete.
         self._skipped_upto = 0
+        # Told of every event kept and evicted (None: nobody is; the in-memory default).
+        self.observer: HistoryObserver | None = None
+
+    @property
+    def skipped_upto(self) -> int:
+        """Every resume from a seq below this is incomplete, whatever its channels."""
+        return self._skipped_upto
+
+    def skip_upto(self, seq: int) -> None:
+        """Events up to `seq` may be missing on every channel (they were not persisted, or
+        a restart cannot know): resumes from before it say `complete: false`, while the
+        events still held are replayed as usual."""
+        self._skipped_upto = max(self._skipped_upto, seq)
+
+    def held_seqs(self) -> set[int]:
+        """The seq of every event held now."""
+        return {entry.seq for held in self._channels.values() for entry in held.entries}
+
+    def clear(self) -> None:
+        """Forget every event and watermark (a new epoch: the old seqs mean nothing)."""
+        self._channels.clear()
+        self._order.clear()
+        self._count = 0
+        self.bytes = 0
+        self._skipped_upto = 0
+
+    def watermarks(self) -> dict[str, int]:
+        """Per channel, the highest seq no longer held (0: nothing evicted yet)."""
+        return {name: held.evicted_upto for name, held in self._channels.items()}
+
+    def restore(
+        self, events: Iterable[Stored], watermarks: dict[str, int], skipped_upto: int, now: float
+    ) -> None:
+        """Refill an empty history from a store at start: `events` in seq order, each
+        with its publish time in trio time. The current bounds apply as if each had just
+        been published (size, max_bytes), then the ttl at `now`, so a restart never holds
+        more than a running hub would. `watermarks` and `skipped_upto` are what the store
+        knew to be missing; whatever the bounds drop now is added to them. The observer
+        is not told (what is evicted here is the store's own data)."""
+        observer, self.observer = self.observer, None
+        try:
+            for item in events:
+                frame = Frame(item.payload, None, item.channel, item.seq)
+                self.append(item.channel, item.seq, frame, min(item.at, now))
+            for name, upto in watermarks.items():
+                held = self._channels.get(name)
+                if held is None:
+                    held = self._channels[name] = _Channel()
+                held.evicted_upto = max(held.evicted_upto, upto)
+            self.skip_upto(skipped_upto)
+            self.resize(self.size, self.ttl, self.max_bytes, now)
+        finally:
+            self.observer = observer
 
     @property
     def keeps_nothing(self) -> bool:
@@ -144,6 +221,8 @@ class History:
         self._order.append(entry)
         self._count += 1
         self.bytes += entry.size
+        if self.observer is not None:
+            self.observer.kept(channel, seq, frame, now)
         while len(held.entries) > self.size:  # a reload may have lowered the size
             self._evict(held)
         self._expire(held, now)
@@ -165,6 +244,8 @@ class History:
         held.evicted_upto = entry.seq
         self._count -= 1
         self.bytes -= entry.size
+        if self.observer is not None:
+            self.observer.evicted(entry.channel, entry.seq)
 
     def _expire(self, held: _Channel, now: float) -> None:
         entries = held.entries
