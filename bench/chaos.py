@@ -185,9 +185,11 @@ def free_port() -> int:
 
 
 class Redis:
-    """redis-server on a fixed loopback port with an fsync'ed append-only file in `dir`."""
+    """redis-server on a fixed loopback port: with an fsync'ed append-only file in `dir`
+    (`persistent`: a kill loses nothing it acknowledged), or with no persistence at all (a
+    kill loses everything: nodes see a new epoch and must tell every subscriber)."""
 
-    def __init__(self, procs: Processes, run_dir: Path) -> None:
+    def __init__(self, procs: Processes, run_dir: Path, persistent: bool = True) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise SystemExit(
@@ -199,6 +201,7 @@ class Redis:
         self.dir.mkdir(exist_ok=True)
         self.log = run_dir / "redis.log"
         self.port = free_port()
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -217,7 +220,7 @@ class Redis:
                 "--port", str(self.port),
                 "--bind", HOST,
                 "--dir", str(self.dir),
-                "--appendonly", "yes",
+                "--appendonly", "yes" if self.persistent else "no",
                 "--appendfsync", "always",
                 "--save", "",
             ],
@@ -371,7 +374,7 @@ class Run:
         self.accepted: list[Published] = []
         self.outcomes: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
-        self.redis = Redis(procs, run_dir)
+        self.redis = Redis(procs, run_dir, opts.redis_persistence == "aof")
         config = node_config(self.redis.url, opts.queue_size)
         self.nodes = [Node(f"n{i + 1}", procs, run_dir, config) for i in range(opts.nodes)]
         self.relays: list[Relay] = []
@@ -1012,6 +1015,7 @@ class Options:
     slow_pause: float
     run_dir: Path | None
     flag_window: int
+    redis_persistence: str = "aof"
 
 
 class Interrupted(Exception):
@@ -1162,7 +1166,7 @@ def log_problems(path: Path) -> Counter[str]:
                     found["backplane lost"] += 1
                 else:
                     found["OTHER ERROR LINES"] += 1
-            if "missed while disconnected" in line:
+            if "missed while not subscribed" in line:
                 found["catch-ups"] += 1
             if "new epoch" in line:
                 found["NEW EPOCH"] += 1
@@ -1310,6 +1314,14 @@ def parse_args(argv: Sequence[str]) -> Options:
     )
     parser.add_argument("--drain-timeout", type=float, default=30.0)
     parser.add_argument(
+        "--redis-persistence",
+        choices=("aof", "none"),
+        default="aof",
+        help="aof (default): Redis fsyncs every write, so a Redis kill loses nothing "
+        "accepted; none: a Redis kill loses its data (a new epoch), which every subscriber "
+        "must be told about",
+    )
+    parser.add_argument(
         "--queue-size", type=int, default=64, help="hub.queue_size of the nodes (default 64)"
     )
     parser.add_argument(
@@ -1354,6 +1366,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         slow_pause=args.slow_pause,
         run_dir=args.run_dir,
         flag_window=args.flag_window if args.flag_window is not None else 8 * args.queue_size,
+        redis_persistence=args.redis_persistence,
     )
 
 
@@ -1389,7 +1402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"chaos: seed {opts.seed}, {opts.seconds:g} s, faults "
         f"{','.join(opts.faults) or 'none'}, {opts.nodes} nodes, {opts.subscribers} subscribers, "
-        f"{opts.publishers} publishers x {opts.rate:g}/s; logs in {run_dir}",
+        f"{opts.publishers} publishers x {opts.rate:g}/s, Redis persistence "
+        f"{opts.redis_persistence}; logs in {run_dir}",
         flush=True,
     )
     procs = Processes()
