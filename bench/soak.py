@@ -154,12 +154,13 @@ def flatness(
     rss_pct_per_10min: float = 1.0,
     count_per_10min: float = 5.0,
 ) -> Flatness:
-    """Slopes of RSS, descriptors and tasks over the samples taken at `t` >= `warmup_s`
-    (`t` in seconds; `rss_kib`, `fds`, `tasks` per sample), per minute, and whether
-    they are flat:
+    """Slopes of RSS, Python heap blocks, descriptors and tasks over the samples taken at
+    `t` >= `warmup_s` (`t` in seconds; `rss_kib`, `blocks`, `fds`, `tasks` per sample),
+    per minute, and whether they are flat:
 
-    - RSS: its slope over 10 minutes stays within `rss_pct_per_10min` percent of the
-      mean RSS of those samples (1 % of 400 MiB: 410 KiB/min);
+    - RSS and heap blocks (`sys.getallocatedblocks()` in hubd: what Python objects
+      hold, whatever the allocator keeps): each slope over 10 minutes stays within
+      `rss_pct_per_10min` percent of that line's mean (1 % of 400 MiB: 410 KiB/min);
     - descriptors and tasks: their slope over 10 minutes stays within `count_per_10min`
       (5: half a descriptor or task a minute; a leak of one per connection, or one per
       ping or publish, is far steeper).
@@ -186,6 +187,7 @@ def flatness(
         span_s=span,
         lines=(
             line("RSS", "rss_kib", "KiB/min", None),
+            line("heap blocks", "blocks", "blocks/min", None),
             line("fds", "fds", "fds/min", count_per_10min),
             line("tasks", "tasks", "tasks/min", count_per_10min),
         ),
@@ -602,6 +604,7 @@ async def take_sample(soak: Soak, settle: float = 5.0) -> dict[str, Any]:
         "rss_kib": rss,
         "fds": fds,
         "tasks": stats["tasks"],
+        "blocks": stats["allocated_blocks"],
         "hub_connections": stats["connections"],
         "alive": soak.alive(),
         "lost": soak.lost_total,
@@ -631,7 +634,8 @@ def print_sample(s: Mapping[str, Any]) -> None:
     p99 = "-" if s["latency_p99_ms"] is None else f"{s['latency_p99_ms']:.1f}"
     print(
         f"t={s['t']:7.1f}s rss={s['rss_kib'] / 1024:7.1f}MiB fds={s['fds']:6d} "
-        f"tasks={s['tasks']:6d} alive={s['alive']:6d} hub_conns={s['hub_connections']:6d} "
+        f"tasks={s['tasks']:6d} blocks={s['blocks']} alive={s['alive']:6d} "
+        f"hub_conns={s['hub_connections']:6d} "
         f"published={s['published']:5d} events={s['events']:9d} lagging={s['lagging']} "
         f"pongs={s['pongs']}/{s['pings']} p99={p99}ms stats={s['stats_ms']:.0f}ms",
         flush=True,
@@ -779,11 +783,12 @@ def summarize(soak: Soak, flat: Flatness, log: Mapping[str, int]) -> dict[str, A
 
 def report_lines(summary: Mapping[str, Any], flat: Flatness) -> Iterator[str]:
     yield ""
-    yield "minute  RSS MiB    fds   tasks   alive  events received  p99 ms"
+    yield "minute  RSS MiB  heap blocks    fds   tasks   alive  events received  p99 ms"
     for row in summary["per_minute"]:
         p99 = "-" if row["latency_p99_ms"] is None else f"{row['latency_p99_ms']:.1f}"
         yield (
-            f"{row['minute']:6d}  {row['rss_kib'] / 1024:7.1f}  {row['fds']:5d}  {row['tasks']:6d}"
+            f"{row['minute']:6d}  {row['rss_kib'] / 1024:7.1f}  {row['blocks']:11,d}  "
+            f"{row['fds']:5d}  {row['tasks']:6d}"
             f"  {row['alive']:6d}  {row['events']:15d}  {p99:>6}"
         )
     yield ""
@@ -793,7 +798,7 @@ def report_lines(summary: Mapping[str, Any], flat: Flatness) -> Iterator[str]:
     )
     for line in flat.lines:
         yield (
-            f"  {line.name:<5} {line.slope_per_min:+10.2f} {line.unit:<9} "
+            f"  {line.name:<11} {line.slope_per_min:+10.2f} {line.unit:<10} "
             f"(tolerance ±{line.limit_per_min:.2f}; mean {line.mean:,.0f})  "
             + (
                 "-"

@@ -27,6 +27,9 @@ async def test_stats_count_tasks_and_they_return_after_connections_end(
             assert response.status_code == 200, response.text
             figures = response.json()
             assert isinstance(figures["tasks"], int), figures
+            # What Python objects hold, for a soak to tell a leak from allocator settling.
+            assert isinstance(figures["allocated_blocks"], int), figures
+            assert figures["allocated_blocks"] > 10_000, figures
             return figures["tasks"], figures["connections"]
 
         before, connections = await stats()
