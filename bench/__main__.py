@@ -28,6 +28,7 @@ import trio
 
 from bench.core import run_core
 from bench.loadgen import Target, median_summary, rss_kb, run_scenario
+from bench.redis_process import RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"\bready listening=http://127\.0\.0\.1:(\d+)")
@@ -160,7 +161,7 @@ def run_cluster(reps: int) -> dict[str, Any]:
     """Fan-out with the publisher on node A and subscribers split over nodes A and B
     (sharing one redis-server), against one in-memory node in the same run."""
     ulimit_raise()
-    redis = RedisProcess()
+    redis = RedisProcess("bench cluster")
     single: list[dict[str, Any]] = []
     cluster: list[dict[str, Any]] = []
     try:
@@ -192,39 +193,6 @@ def run_cluster(reps: int) -> dict[str, Any]:
         )
     print(json.dumps(summary), flush=True)
     return summary
-
-
-class RedisProcess:
-    """A throwaway redis-server on a free loopback port, without persistence."""
-
-    def __init__(self) -> None:
-        import shutil
-        import socket
-
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise SystemExit("bench cluster needs redis-server (apt-get install -y redis-server)")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 async def _run(target: Target, name: str, opts: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +32,7 @@ from typing import Any
 import trio
 
 from bench.loadgen import Client, http_request, rss_kb, source_address
+from bench.redis_process import RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"\bready listening=http://127\.0\.0\.1:(\d+)")
@@ -61,37 +60,6 @@ kind = "redis"
 url = "redis://127.0.0.1:{port}/0"
 prefix = "lag{pid}"
 """
-
-
-class Redis:
-    """A throwaway redis-server on a free loopback port, without persistence."""
-
-    def __init__(self, directory: str) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise SystemExit("bench.lag needs redis-server (apt-get install -y redis-server)")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class Node:
@@ -297,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout.strip()
     print(f"hubd from {which}", flush=True)
     with tempfile.TemporaryDirectory(prefix="hubd-lag-") as directory:
-        redis = Redis(directory)
+        redis = RedisProcess("bench.lag", directory)
         nodes: list[Node] = []
         try:
             config = CONFIG.format(port=redis.port, pid=os.getpid())
