@@ -15,7 +15,7 @@ help:
 	@echo "make bench  benchmarks (see bench/README.md)"
 	@echo "make abuse  legitimate traffic under attack (ABUSE_ARGS=--quick: 10 s phases)"
 	@echo "make chaos  fault injection with an event-by-event loss checker (CHAOS_ARGS=--minutes N)"
-	@echo "make soak   10,000 connections held for 10 minutes: RSS, fds, tasks (SOAK_ARGS=--minutes N)"
+	@echo "make soak   10,000 connections held 16 minutes (10 judged): RSS, heap, fds, tasks (SOAK_ARGS=--minutes N)"
 
 $(STAMP): pyproject.toml
 	@if [ ! -x $(BIN)/python ] || ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \

@@ -3,24 +3,26 @@
 Starts its own `hubd serve` (in-memory hub) on a free loopback port, opens `--connections`
 WebSocket subscribers (10,000 by default) from distinct source addresses 127.40.0.1,
 127.40.0.2, ... (never 127.0.0.1; the server allows one connection per client IP), at most
-`--connect-concurrency` handshakes at a time, and holds them for `--minutes` (10): every
+`--connect-concurrency` handshakes at a time, and holds them for `--minutes` (16): every
 connection sends the protocol's JSON health ping every `--ping-every` seconds (below
 `hub.idle_timeout`) and reads everything it receives, while one event per second
 (`--rate`) is published on `pdfm`, which every connection subscribes to.
 
 Every `--every` seconds (10) it samples the daemon's RSS (VmRSS in /proc/<pid>/status),
-its open descriptors (/proc/<pid>/fd) and its trio task count (`tasks` in
-`GET /v1/ws/stats`), taken between two publishes once every connection has read the last
-event, so that no transient writer task is counted. It prints a line per sample, then a
-per-minute table and the least-squares slopes of RSS, descriptors and tasks after a
-warm-up (`--warmup`, 2 minutes), with a verdict: "flat" when each slope stays within its
-tolerance. The samples and the summary go to `--out` as JSON.
+its open descriptors (/proc/<pid>/fd), its trio task count (`tasks` in
+`GET /v1/ws/stats`) and the blocks its Python objects hold (`allocated_blocks`, same
+answer), taken between two publishes once every connection has read the last event, so
+that no transient writer task is counted. It prints a line per sample, then a per-minute
+table and the least-squares slopes of those four lines after a warm-up (`--warmup`, 6
+minutes: connection set-up, the history filling and the memory allocator settling, which
+steps RSS up for ~4 minutes under a steady load), with a verdict: "flat" when each slope
+stays within its tolerance. The samples and the summary go to `--out` as JSON.
 
 The exit status is 0 when every connection lasted the whole run, every event and pong
 arrived, every publish was accepted and the lines are flat; 1 otherwise; 130 when
 interrupted. hubd and every connection are stopped on exit, Ctrl-C and errors included.
 
-    python -m bench.soak                                  # 10,000 connections, 10 minutes
+    python -m bench.soak                  # 10,000 connections: 6 min warm-up, then 10 min judged
     python -m bench.soak --connections 2000 --minutes 2 --warmup 0.5
 """
 
@@ -831,10 +833,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.soak", description=__doc__.split("\n")[0].split(": ", 1)[1]
     )
     parser.add_argument("--connections", type=int, default=10000, help="default: 10000")
-    parser.add_argument("--minutes", type=float, default=10.0, help="the hold; default: 10")
+    parser.add_argument(
+        "--minutes", type=float, default=16.0, help="the hold, warm-up included; default: 16"
+    )
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument(
-        "--warmup", type=float, default=2.0, help="minutes left out of the slopes; default: 2"
+        "--warmup",
+        type=float,
+        default=6.0,
+        help="minutes left out of the slopes; default: 6 (the allocator settles in ~4)",
     )
     parser.add_argument("--rate", type=float, default=1.0, help="events published per second")
     parser.add_argument(
