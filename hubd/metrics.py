@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from hubd import __version__
 from hubd.core.backplane import Backplane
+from hubd.core.history_store import HistoryStore
 from hubd.core.hub import Hub
 from hubd.core.latency import BUCKETS
 
@@ -45,6 +46,8 @@ class HubCollector(Collector):
         self.hub = hub
         self.http = http
         self.backplane = backplane
+        # Set once the history file is open (`hub.history_path`); None while it is off.
+        self.history: HistoryStore | None = None
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -66,6 +69,8 @@ class HubCollector(Collector):
                 value=int(self.backplane.healthy),
             )
             yield from _lag_metrics(self.backplane, hub)
+        if self.history is not None:
+            yield from _history_metrics(self.history)
 
         yield GaugeMetricFamily(
             "hubd_connections_open", "Open subscriber connections", value=len(hub.sessions)
@@ -160,6 +165,27 @@ class HubCollector(Collector):
         yield requests
 
 
+def _history_metrics(store: HistoryStore) -> Iterator[Metric]:
+    """What the history file (`hub.history_path`) wrote and what it could not: dropped
+    (its write queue overflowed) and lost (a write failed) events leave a hole that makes
+    resumes across it after a restart incomplete."""
+    yield GaugeMetricFamily(
+        "hubd_history_file_pending",
+        "Events queued for the history file, not written yet",
+        value=store.pending,
+    )
+    for name, help_text, value in (
+        ("written", "Events written to the history file", store.written),
+        (
+            "dropped",
+            "Events the history file's write queue dropped (full: drop_oldest)",
+            store.dropped,
+        ),
+        ("lost", "Events the history file failed to write (I/O error, disk full)", store.lost),
+    ):
+        yield CounterMetricFamily(f"hubd_history_file_events_{name}", help_text, value=value)
+
+
 def _lag_metrics(backplane: Backplane, hub: Hub) -> Iterator[Metric]:
     """How far behind the cluster a Redis node is, and what its subscribers were told it
     lost (the in-memory hub has no such figures)."""
@@ -204,7 +230,12 @@ class Metrics:
 
     def __init__(self, hub: Hub, http: HttpCounts, backplane: Backplane | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(HubCollector(hub, http, backplane))
+        self._collector = HubCollector(hub, http, backplane)
+        self.registry.register(self._collector)
+
+    def watch_history(self, store: HistoryStore) -> None:
+        """Report the history file's figures from now on."""
+        self._collector.history = store
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -266,6 +266,8 @@ async def run(
             outer.start_soon(_watch_signals, signals, shutdown, reloader)
             await outer.start(backplane.run)
             if store is not None:
+                if ctx.metrics is not None:
+                    ctx.metrics.watch_history(store)
                 await outer.start(store.run)
             async with trio.open_nursery() as server:
                 binds: list[str] = await server.start(

@@ -86,6 +86,11 @@ async def test_after_a_clean_restart_a_resume_is_complete(
     after = await publish(second, "P-AFTER")
     assert after[:8] == seen[:8]
     assert seq_of(after) == seq_of(missed[-1]) + 1
+    # The file's figures are on /metrics.
+    async with http_client(second.url) as http:
+        text = (await http.get("/metrics", headers=ADMIN)).text
+    assert "hubd_history_file_events_dropped_total 0.0" in text
+    assert "hubd_history_file_events_lost_total 0.0" in text
 
 
 async def test_without_history_path_a_restart_forgets_everything(

@@ -21,6 +21,7 @@ from hubd.core.frame import Frame
 from hubd.core.history import EventIds, History
 from hubd.core.history_store import MAX_SEQ, UNCLEAN_JUMP, HistoryStore, StoreUnusable
 from hubd.core.hub import Hub
+from hubd.metrics import HttpCounts, Metrics
 from hubd.service import check_history_path, open_history
 from hubd.settings import ConfigError, load_settings_text
 from hubd.web.context import WebContext
@@ -181,6 +182,47 @@ async def test_a_failed_write_keeps_serving_and_is_recorded_as_missing(
     second = await start(path)
     assert second.replay(lost[0]) == (kept, False)
     assert second.replay(lost[-1]) == (kept, True)
+
+
+async def test_metrics_report_what_the_file_wrote_dropped_and_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    life = await start(tmp_path / "history.db", max_pending=2)
+    hub = Hub(make_settings().hub, make_settings().limits)
+    metrics = Metrics(hub, HttpCounts())
+    assert "hubd_history_file" not in metrics.render().decode()  # off: nothing to report
+    metrics.watch_history(life.store)
+
+    def figures() -> dict[str, float]:
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in metrics.render().decode().splitlines()
+            if line.startswith("hubd_history_file")
+        }
+
+    life.publish(n=3)  # one more than the queue holds: the oldest is dropped
+    assert figures() == {
+        "hubd_history_file_pending": 2,
+        "hubd_history_file_events_written_total": 0,
+        "hubd_history_file_events_dropped_total": 1,
+        "hubd_history_file_events_lost_total": 0,
+    }
+    assert await life.store.flush()
+    life.publish(n=1)
+
+    def disk_full(*_: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(life.store, "_write", disk_full)
+        assert await life.store.flush() is False
+    assert figures() == {
+        "hubd_history_file_pending": 0,
+        "hubd_history_file_events_written_total": 2,
+        "hubd_history_file_events_dropped_total": 1,
+        "hubd_history_file_events_lost_total": 1,
+    }
+    await life.store.close()
 
 
 async def test_an_unclean_stop_jumps_the_numbering_and_marks_everything_before_missing(
