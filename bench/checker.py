@@ -43,8 +43,9 @@ holes. A hole is covered by a loss signal iff some `Flagged` of S (a `hubd.clien
 history_incomplete, no_resume_point, dropped_by_server) lies after the position of the
 receipt that set the previous highest seq of P (after S's `Subscribed` if none) and at
 most `flag_window` positions after the closing receipt: hubd reports an overflow
-(`events_dropped`) only once the client has caught up on its queue, so the signal may
-follow events published after the hole. Expected seqs above the last in-order receipt
+(`events_dropped`) once the client has caught up on its queue or within about a second
+while it stays behind, after the write that follows the hole, so the signal may follow
+events published after the hole. Expected seqs above the last in-order receipt
 of P (the tail) are covered iff some `Flagged` of S follows that receipt (or
 `Subscribed` if none), at any later position. Holes not covered are SILENTLY LOST.
 

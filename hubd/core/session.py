@@ -51,6 +51,10 @@ log = logging.getLogger("hubd.connections")
 
 # How many queued frames the writer takes at once; bounds what it holds outside the mailbox.
 WRITE_BATCH = 64
+# Seconds a subscriber may go on receiving events after some were dropped for it before
+# it is told, even while its queue never empties: a client that stays slower than its
+# channels would otherwise never hear of its losses.
+DROP_NOTICE_EVERY = 1.0
 
 
 async def serve_session(
@@ -173,6 +177,7 @@ async def _writer(hub: Hub, session: Session, transport: Transport, first: bool)
     latency = hub.latency
     batch_mode = session.batch
     take = hub.settings.batch_max if batch_mode else WRITE_BATCH
+    owed_since: float | None = None  # when unreported drops were first seen
     try:
         while True:
             # The confirmation is always a frame of its own, even in batch mode.
@@ -184,12 +189,19 @@ async def _writer(hub: Hub, session: Session, transport: Transport, first: bool)
             session.writing = True
             await transport.send_frames(_joined(frames) if batch_mode else frames)
             _observe(latency, frames, trio.current_time())
-            if not mailbox and mailbox.dropped_unreported:
-                # The client has caught up: tell it how much it missed.
-                dropped = mailbox.take_unreported_drops()
-                await transport.send_frames(
-                    [notice_frame(session, "events_dropped", {"dropped": dropped})]
-                )
+            if mailbox.dropped_unreported:
+                now = trio.current_time()
+                if owed_since is None:
+                    owed_since = now
+                if not mailbox or now - owed_since >= DROP_NOTICE_EVERY:
+                    # The client has caught up (or has been behind for a while): tell it
+                    # how much it missed. The oldest queued frames are the ones dropped,
+                    # so the notice comes at most one write after the hole.
+                    owed_since = None
+                    dropped = mailbox.take_unreported_drops()
+                    await transport.send_frames(
+                        [notice_frame(session, "events_dropped", {"dropped": dropped})]
+                    )
             session.writing = False
             if mailbox:
                 # More frames came while writing: let other tasks run once first, so a

@@ -16,7 +16,7 @@ from trio.testing import MockClock
 from hubd.core.frame import Frame
 from hubd.core.hub import CONFIRMATION_MESSAGE, Hub
 from hubd.core.session import CLOSE_GRACE
-from hubd.core.transport import Closed
+from hubd.core.transport import Closed, MemoryTransport
 from hubd.protocol.envelope import Envelope, encode_bytes
 
 from .conftest import SUBSCRIBER, Client, StalledTransport, admit, connect, make_hub, serve
@@ -368,6 +368,46 @@ async def test_drop_oldest_reports_events_dropped_once_caught_up(
     assert (await client.receive())["message"] == "AGAIN"
     assert client.session.mailbox.dropped_total == 6
     assert client.transport.closed is None
+
+
+class SlowTransport(MemoryTransport):
+    """A client that takes 0.1 s (virtual) to take each frame: slower than its channel."""
+
+    async def send(self, text: str) -> None:
+        await trio.sleep(0.1)
+        await super().send(text)
+
+
+async def test_a_subscriber_that_never_catches_up_is_still_told_what_it_misses(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    hub = make_hub(queue_size=4)
+    client = await connect(nursery, hub, SUBSCRIBER, "pdfm", transport=SlowTransport())
+    published = 0
+
+    async def publisher() -> None:
+        nonlocal published
+        for i in range(200):  # 20 events/s for 10 s: twice what the client takes
+            hub.publish("pdfm", event("pdfm", f"E{i}"))
+            published += 1
+            await trio.sleep(0.05)
+
+    nursery.start_soon(publisher)
+    received = dropped = 0
+    notices_while_publishing = 0
+    while received + dropped < 200:
+        frame = await client.receive()
+        if frame["message"] == "events_dropped":
+            dropped += frame["body"]["dropped"]
+            if published < 200:
+                notices_while_publishing += 1
+        else:
+            received += 1
+    # The queue never emptied while events kept coming, yet the client heard of its
+    # losses about once a second, not only at the end; and every event is accounted for.
+    assert notices_while_publishing >= 5
+    assert received + dropped == 200
+    assert dropped == client.session.mailbox.dropped_total
 
 
 async def test_drops_before_the_writer_first_runs_are_reported(
