@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_CONFIG := config/hubd.dev.toml
 
-.PHONY: run test lint typecheck unit bench abuse chaos soak clean help
+.PHONY: run test lint unit bench abuse chaos soak clean help
 
 help:
 	@echo "make run    start hubd on $(DEV_CONFIG) (in-memory hub, 127.0.0.1:8080)"
