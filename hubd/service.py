@@ -28,6 +28,7 @@ from hubd.metrics import Metrics
 from hubd.settings import ConfigError, Settings, load_settings, parse_listen
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext
+from hubd.web.fastpath import expected_write_path
 from hubd.web.server import ServeOptions, serve
 
 log = logging.getLogger("hubd")
@@ -255,6 +256,7 @@ async def run(
             backplane=settings.backplane.kind,
             metrics=_address(listeners.metrics) if listeners.metrics else None,
             history=settings.hub.history_path or None,
+            write=expected_write_path(settings.server.tls, settings.hub.compression),
         )
         try:
             store = await open_history(settings, hub)

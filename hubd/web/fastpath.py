@@ -43,6 +43,15 @@ def hypercorn_stream(send: Any) -> Any | None:
     return stream
 
 
+def expected_write_path(tls: bool, compression: bool) -> str:
+    """The write path WebSocket connections are set up to take, for the start line:
+    "direct" over plain TCP without compression, else "asgi". Each connection's
+    `connected` line says which one it actually got (`write=`), and an end-to-end test
+    fails if a real connection does not get "direct": a Hypercorn upgrade that changed
+    what this module relies on shows there, not as a silent 16x slowdown."""
+    return "asgi" if tls or compression else "direct"
+
+
 def refuse_compression(stream: Any) -> None:
     """Make the coming accept answer without permessage-deflate (whatever the client
     offered): compression multiplies per-delivery CPU and is off unless configured."""

@@ -192,6 +192,10 @@ async def test_a_plain_tcp_subscriber_gets_the_direct_write_path(start_hubd: Sta
     """hubd's own socket writes are the fast path (16x the plain ASGI one): a Hypercorn
     change that made hubd fall back to ASGI would pass every other test."""
     server = await start_hubd()
+    # The start line says which path connections are set up to take ...
+    start = await server.wait_for_line(re.compile(r"\bstarting .*\bwrite=(\w+)"))
+    assert start.group(1) == "direct", start.string
+    # ... and a real connection must get it.
     async with subscribe(server.port, ["pdfm"], SUB):
         line = await server.wait_for_line(re.compile(r"\bconnected client_id=.* write=(\w+)"))
     assert line.group(1) == "direct", line.string
