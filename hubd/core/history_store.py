@@ -134,8 +134,12 @@ class HistoryStore:
         max_pending: int = 65536,
         flush_interval: float = 0.05,
         wall_clock: Callable[[], float] = time.time,
+        busy_timeout: float = 2.0,
     ) -> None:
         self.path = path
+        # Seconds SQLite waits for a lock another connection holds (a second hubd on the
+        # same file) before the start fails with "in use by another process".
+        self.busy_timeout = busy_timeout
         self.max_pending = max_pending
         self.flush_interval = flush_interval
         self._wall = wall_clock
@@ -284,7 +288,10 @@ class HistoryStore:
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         try:
             conn = sqlite3.connect(
-                self.path, timeout=2.0, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
             )
         except sqlite3.Error as exc:
             raise StoreUnusable(f"cannot open {self.path!r}: {_describe(exc)}") from None

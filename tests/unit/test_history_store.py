@@ -375,7 +375,8 @@ async def test_a_file_held_by_another_hub_is_a_start_error(tmp_path: Path) -> No
     path = tmp_path / "history.db"
     first = await start(path)
     with pytest.raises(StoreUnusable, match="in use by another process"):
-        await start(path)
+        history = History(1000, TTL, 1 << 26)
+        await HistoryStore(str(path), busy_timeout=0.05).open(history)
     assert await first.store.close()
 
 
