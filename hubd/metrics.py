@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from hubd import __version__
-from hubd.core.backplane import Backplane
+from hubd.backplane import Backplane
 from hubd.core.history_store import HistoryStore
 from hubd.core.hub import Hub
 from hubd.core.latency import BUCKETS

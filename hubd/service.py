@@ -18,8 +18,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from hubd import __version__, reload, sdnotify
+from hubd.backplane import Backplane, MemoryBackplane
 from hubd.core.auth import Authenticator
-from hubd.core.backplane import Backplane, MemoryBackplane
 from hubd.core.history_store import HistoryStore, StoreUnusable
 from hubd.core.hub import CLOSE_GOING_AWAY, Hub
 from hubd.logs import configure as configure_logging
@@ -317,7 +317,7 @@ async def run(
 def make_backplane(settings: Settings, hub: Hub) -> Backplane:
     """The backplane `[backplane] kind` asks for (Redis is imported only when used)."""
     if settings.backplane.kind == "redis":
-        from hubd.redis_backplane import RedisBackplane
+        from hubd.backplane.redis import RedisBackplane
 
         return RedisBackplane(hub, settings.backplane)
     return MemoryBackplane(hub)

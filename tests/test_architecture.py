@@ -3,8 +3,14 @@ count too):
 
 - hubd.protocol is pure: from hubd only hubd.protocol; no trio or web stack.
 - hubd.core imports no web framework or server, no redis client, and nothing from
-  hubd.web, hubd.service or hubd.cli.
-- hubd.web imports neither hubd.service nor hubd.cli, and no redis client.
+  hubd.backplane, hubd.web, hubd.service or hubd.cli.
+- hubd.backplane imports from hubd only hubd.backplane, hubd.core, hubd.protocol,
+  hubd.settings and hubd.logs, and no web framework or server; only
+  hubd.backplane.redis imports the redis client.
+- A backplane changes the hub only through its methods: no module under hubd/backplane/
+  assigns an attribute of `hub` or `self.hub` (or deeper, as in `hub.ids.epoch`).
+- hubd.web imports neither hubd.service nor hubd.cli, no redis client, and not
+  hubd.backplane.redis (it may import hubd.backplane).
 - Only hubd/__main__.py imports hubd.cli.
 - hubd.client (the client library) and hubd.hubctl import from hubd only hubd.client,
   hubd.hubctl and the package itself (its version): no server code, no web stack, no
@@ -134,14 +140,124 @@ def test_core_imports_no_web_stack_no_redis_and_no_outer_layer() -> None:
     assert (
         violations(
             "hubd.core",
-            lambda n: within(n, (*WEB_STACK, *REDIS, "hubd.web", "hubd.service", "hubd.cli")),
+            lambda n: within(
+                n, (*WEB_STACK, *REDIS, "hubd.backplane", "hubd.web", "hubd.service", "hubd.cli")
+            ),
         )
         == []
     )
 
 
+BACKPLANE_MAY_USE = ("hubd.backplane", "hubd.core", "hubd.protocol", "hubd.settings", "hubd.logs")
+
+
+def test_backplane_imports_only_core_settings_and_logs_and_no_web_stack() -> None:
+    def outside(name: str) -> bool:
+        if within(name, ("hubd",)):
+            return not within(name, BACKPLANE_MAY_USE)
+        return within(name, WEB_STACK)
+
+    assert violations("hubd.backplane", outside) == []
+
+
+def test_only_the_redis_backplane_imports_the_redis_client() -> None:
+    found = [
+        v
+        for v in violations("hubd.backplane", lambda n: within(n, REDIS))
+        if not v.startswith("hubd/backplane/redis/")
+    ]
+    assert found == []
+
+
 def test_web_imports_neither_service_nor_cli_nor_redis() -> None:
-    assert violations("hubd.web", lambda n: within(n, ("hubd.service", "hubd.cli", *REDIS))) == []
+    assert (
+        violations(
+            "hubd.web",
+            lambda n: within(n, ("hubd.service", "hubd.cli", "hubd.backplane.redis", *REDIS)),
+        )
+        == []
+    )
+
+
+# -- a backplane changes the hub only through its methods ----------------------------------
+
+
+def _rooted_at_hub(node: ast.expr) -> bool:
+    """True for `hub.x`, `self.hub.x`, `hub.a.b`, `self.hub.a[i].b`, ...: an expression
+    reaching into a hub through a name `hub` or an attribute `self.hub`."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        value = node.value
+        if isinstance(value, ast.Name) and value.id == "hub" and isinstance(node, ast.Attribute):
+            return True
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(value, ast.Attribute)
+            and value.attr == "hub"
+            and isinstance(value.value, ast.Name)
+            and value.value.id == "self"
+        ):
+            return True
+        node = value
+    return False
+
+
+def hub_writes(source: str) -> list[str]:
+    """Every assignment (plain, augmented, annotated, or in a tuple target) whose target
+    is an attribute (or an item of one) reached through `hub` or `self.hub`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        else:
+            continue
+        pending = list(targets)
+        while pending:
+            target = pending.pop()
+            if isinstance(target, (ast.Tuple, ast.List)):
+                pending.extend(target.elts)
+            elif isinstance(target, ast.Starred):
+                pending.append(target.value)
+            elif _rooted_at_hub(target):
+                found.append(f"line {node.lineno}: {ast.unparse(target)}")
+    return found
+
+
+def test_the_hub_write_check_sees_every_form() -> None:
+    source = """
+hub.last_seq = 1
+self.hub.keep_history = False
+hub.ids.epoch = "x"
+self.hub.history.size = 0
+hub.published["a"] += 1
+a, hub.draining = 1, True
+self.hub = hub
+other.hub.last_seq = 2
+hub = None
+x = hub.last_seq
+"""
+    assert [line.split(": ")[1] for line in hub_writes(source)] == [
+        "hub.last_seq",
+        "self.hub.keep_history",
+        "hub.ids.epoch",
+        "self.hub.history.size",
+        "hub.published['a']",
+        "hub.draining",
+    ]
+
+
+def test_backplanes_never_assign_hub_fields() -> None:
+    backplane = PACKAGE / "backplane"
+    assert sorted(backplane.rglob("*.py")), "hubd/backplane/ holds no module"
+    found = [
+        f"{path.relative_to(PACKAGE.parent)} {write}"
+        for path in sorted(backplane.rglob("*.py"))
+        for write in hub_writes(path.read_text())
+    ]
+    assert found == []
 
 
 def test_only_main_imports_cli() -> None:

@@ -18,7 +18,7 @@ import trio
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError, too_many_channels
 from hubd.core.frame import Frame
-from hubd.core.history import EventIds, History, is_event_id, parse_id
+from hubd.core.history import EventIds, History, Replay, is_event_id, parse_id
 from hubd.core.latency import LatencyHistogram
 from hubd.core.mailbox import Mailbox, Overflow
 from hubd.protocol.channels import (
@@ -342,9 +342,7 @@ class Hub:
         return session
 
     def _replay(self, session: Session, since: str) -> None:
-        replay = self.history.replay(
-            session.subscriptions, parse_id(since, self.ids.epoch), trio.current_time()
-        )
+        replay = self.replay(session.subscriptions, since)
         frames = [frame.replayed() for frame in replay.frames]
         frames.append(self._replay_complete(session, len(replay.frames), replay.complete))
         session.mailbox.extend(frames)
@@ -633,6 +631,46 @@ class Hub:
             told += 1
         self.missed_notices[reason] += told
         return told
+
+    # -- numbering and history kept by a backplane ---------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of the event ids issued and understood here."""
+        return self.ids.epoch
+
+    def parse_since(self, since: str) -> int | None:
+        """The seq of event id `since` when it is of this hub's epoch, else None (an id
+        from before a restart or a renumbering: nothing is known after it)."""
+        return parse_id(since, self.ids.epoch)
+
+    def replay(self, channels: list[str], since: str) -> Replay:
+        """What this hub's own history holds of `channels` after event id `since`."""
+        return self.history.replay(channels, self.parse_since(since), trio.current_time())
+
+    def history_elsewhere(self) -> None:
+        """A backplane keeps the history and replays from it: this hub keeps none of its
+        own, from now on and after any reload. Call it before anything is published."""
+        self.keep_history = False
+        self.history.size = 0
+
+    def adopt_numbering(self, epoch: str, seq: int | None = None) -> None:
+        """A backplane numbers this hub's events: the ids it issues carry `epoch`, which
+        is then the one `parse_since` understands. With `seq` (its first connection,
+        before it delivers anything), numbering resumes from there: `last_seq` becomes
+        `seq`, so only later events count as new."""
+        if seq is not None:
+            self.last_seq = seq
+        self.ids.epoch = epoch
+
+    def mark_seen(self, seq: int) -> None:
+        """The backplane's event `seq` needs no delivery here (addressed to a client
+        elsewhere, on a channel this hub lacks, or covered by a catch-up): messages at or
+        below it that come later are duplicates. `last_seq` only grows; a session waiting
+        for `seq` to finish its resume is not woken by this (only a published event
+        does that)."""
+        if seq > self.last_seq:
+            self.last_seq = seq
 
     def renumbered(self) -> None:
         """The backplane's numbering started again (its store lost its data): sessions

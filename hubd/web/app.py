@@ -1,6 +1,7 @@
 """The ASGI application hubd serves: WebSockets go to the lean subscribe handler,
 `POST /v1/events` to the lean publish handler, every other scope to the Quart-Trio app.
-Requests arriving on the metrics listener are answered by the metrics handler only."""
+Requests arriving on the metrics listener are answered by the metrics handler only.
+Every response any of them builds goes through web/responses.py."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import trio
 
 from hubd.protocol.quoting import quoted
 from hubd.web.context import WebContext
-from hubd.web.errors import JSON_HEADERS, error_body
 from hubd.web.http import create_http_app, route_of
 from hubd.web.publish_route import handle_publish, is_publish
-from hubd.web.ws import handle_websocket, reject
-
-METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+from hubd.web.responses import PROMETHEUS, send_error, send_response
+from hubd.web.ws import handle_websocket
 
 
 class HubdApp:
@@ -68,21 +67,17 @@ async def _refuse_ambiguous_length(ctx: WebContext, scope: Any, send: Any) -> No
     """400 and `Connection: close`, before any route reads the body: with both headers a
     proxy in front may have framed the body differently, and whatever follows on this
     connection could be a smuggled request (RFC 9112 section 6.1 says close it)."""
-    body = error_body(
-        "bad_request",
-        "the request has both Content-Length and Transfer-Encoding; a request must use "
-        "one of them to frame its body",
-    )
     ctx.http_counts.add(route_of(scope["path"]), 400)
-    headers = [
-        *JSON_HEADERS,
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
     # Shielded like every HTTP send (see HubdApp): the close must complete.
     with trio.CancelScope(shield=True):
-        await send({"type": "http.response.start", "status": 400, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(
+            send,
+            400,
+            "bad_request",
+            "the request has both Content-Length and Transfer-Encoding; a request must use "
+            "one of them to frame its body",
+            close=True,
+        )
 
 
 def _on_metrics_listener(ctx: WebContext, scope: Any) -> bool:
@@ -97,25 +92,17 @@ def _on_metrics_listener(ctx: WebContext, scope: Any) -> bool:
 
 async def _metrics_listener(ctx: WebContext, scope: Any, receive: Any, send: Any) -> None:
     """The metrics address serves GET /metrics without credentials, and nothing else."""
+    message = f"no endpoint at {quoted(scope['path'])} on the metrics listener; use /metrics"
     if scope["type"] == "websocket":
         # Refused before the upgrade with a JSON 404, like any other path here.
         if (await receive())["type"] == "websocket.connect":
-            await reject(
-                send,
-                404,
-                "not_found",
-                f"no endpoint at {quoted(scope['path'])} on the metrics listener; use /metrics",
-            )
+            await send_error(send, 404, "not_found", message, websocket=True)
         return
+    head = scope["method"] == "HEAD"
     if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD") and ctx.metrics:
-        status, headers, body = 200, [(b"content-type", METRICS_CONTENT_TYPE)], ctx.metrics.render()
+        body = ctx.metrics.render()  # counted after: this request shows in the next one
+        ctx.http_counts.add("/metrics", 200)
+        await send_response(send, 200, body, PROMETHEUS, head=head)
     else:
-        status, headers = 404, list(JSON_HEADERS)
-        body = error_body(
-            "not_found",
-            f"no endpoint at {quoted(scope['path'])} on the metrics listener; use /metrics",
-        )
-    ctx.http_counts.add("/metrics" if status == 200 else "other", status)
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        ctx.http_counts.add("other", 404)
+        await send_error(send, 404, "not_found", message, head=head)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from hubd.backplane import Backplane, MemoryBackplane
 from hubd.core.auth import Authenticator, Principal
-from hubd.core.backplane import Backplane, MemoryBackplane
 from hubd.core.clientip import Network
 from hubd.core.errors import HubError
 from hubd.core.hub import Hub

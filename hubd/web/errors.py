@@ -1,31 +1,19 @@
-"""Every HTTP error is JSON: `{"error": "<code>", "message": "<sentence>"}`."""
+"""The errors the web layer raises itself, about the request body. Each is answered
+with the JSON error payload (hubd/web/responses.py)."""
 
 from __future__ import annotations
 
-import msgspec
-
 from hubd.core.errors import HubError
 
-_encoder = msgspec.json.Encoder()
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def error_body(code: str, message: str) -> bytes:
-    return _encoder.encode({"error": code, "message": message})
-
-
-def json_bytes(value: object) -> bytes:
-    return _encoder.encode(value)
-
-
-def payload_too_large(size: object, limit: int) -> HubError:
-    """413 for a request body over `hub.max_publish_bytes`."""
-    return HubError(
-        413,
-        "payload_too_large",
-        f"the request body is {size} bytes; the limit is {limit} bytes (hub.max_publish_bytes)",
-    )
+def payload_too_large(limit: int, size: object = None) -> HubError:
+    """413 for a request body over `hub.max_publish_bytes` (`limit`). `size`: what is known
+    of the body's size, or None when only that it exceeds the limit."""
+    if size is None:
+        detail = f"the request body exceeds the limit of {limit} bytes"
+    else:
+        detail = f"the request body is {size} bytes; the limit is {limit} bytes"
+    return HubError(413, "payload_too_large", f"{detail} (hub.max_publish_bytes)")
 
 
 def request_timeout(seconds: float) -> HubError:

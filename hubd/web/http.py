@@ -1,5 +1,6 @@
-"""The HTTP routes (publish, unsubscribe, health, readiness, admin views, metrics) as a
-Quart-Trio app. Thin: parse, call the core, render JSON."""
+"""The HTTP routes other than publishing (unsubscribe, health, readiness, admin views,
+metrics) as a Quart-Trio app. Thin: parse, call the core, answer through
+web/responses.py."""
 
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from hubd import __version__
-from hubd.core.backplane import publish_through
 from hubd.core.errors import HubError
 from hubd.core.hub import Session
 from hubd.protocol.quoting import quoted
 from hubd.tasks import count_tasks
 from hubd.web.context import WebContext
-from hubd.web.errors import error_body, json_bytes, payload_too_large, request_timeout
+from hubd.web.errors import payload_too_large, request_timeout
+from hubd.web.responses import (
+    INTERNAL_ERROR,
+    PROMETHEUS,
+    error_response,
+    json_response,
+    quart_response,
+)
 
 log = logging.getLogger("hubd.http")
 
@@ -78,18 +85,16 @@ class UnsubscribeRequest(msgspec.Struct, forbid_unknown_fields=True):
 _unsubscribe_decoder = msgspec.json.Decoder(UnsubscribeRequest)
 
 
-def _json(status: int, value: object) -> Response:
-    return Response(json_bytes(value), status=status, content_type="application/json")
-
-
 def _error(status: int, code: str, message: str) -> Response:
-    response = Response(error_body(code, message), status=status, content_type="application/json")
-    if status in (408, 413) or _body_unread():
-        # The body (oversized, still arriving, or not read because the request was refused
-        # first, e.g. 401) is left unread, so this connection cannot carry another
-        # request: say so, instead of letting a keep-alive client reuse it and fail.
-        response.headers["Connection"] = "close"
-    return response
+    # The body (oversized, still arriving, or not read because the request was refused
+    # first, e.g. 401) is left unread, so this connection cannot carry another request:
+    # say so, instead of letting a keep-alive client reuse it and fail.
+    close = status in (408, 413) or _body_unread()
+    return error_response(status, code, message, close=close)
+
+
+def _hub_error(exc: HubError) -> Response:
+    return _error(exc.status, exc.code, exc.message)
 
 
 def _body_unread() -> bool:
@@ -108,7 +113,7 @@ async def _body(limit: int, seconds: float) -> bytes:
     (`server.body_timeout`, read per request so that a reload applies)."""
     length = request.content_length
     if length is not None and length > limit:
-        raise payload_too_large(length, limit)
+        raise payload_too_large(limit, length)
     # Our deadline, not Quart's (an int, 60 s by default): the same 408 as POST /v1/events.
     request.body_timeout = None
     with trio.move_on_after(seconds):
@@ -119,19 +124,25 @@ async def _body(limit: int, seconds: float) -> bytes:
 
 
 def create_http_app(ctx: WebContext) -> QuartTrio:
-    """Build the Quart-Trio app serving the HTTP endpoints under /v1 and /api/v1."""
+    """Build the Quart-Trio app serving the HTTP endpoints under /v1 and /api/v1, except
+    `POST /v1/events`, which `HubdApp` serves itself (web/publish_route.py)."""
     app = QuartTrio("hubd")
     app.config["MAX_CONTENT_LENGTH"] = ctx.settings.hub.max_publish_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    for prefix in PREFIXES:
+        tag = prefix.strip("/").replace("/", "_")
+        # Routing only, no view: POST never reaches this app, and the rule gives every
+        # other method Quart's 405 naming the allowed method.
+        app.add_url_rule(f"{prefix}/events", f"publish_{tag}", methods=["POST"])
+    _add_client_routes(app, ctx)
+    _add_admin_routes(app, ctx)
+    _add_probe_routes(app, ctx)
+    _add_error_handlers(app, ctx)
+    return app
 
-    # `HubdApp` serves POST /v1/events itself (web/publish_route.py); the rule stays here so
-    # that other methods get Quart's 405 with the allowed method, and so that this app on
-    # its own (without HubdApp in front) still publishes.
-    async def publish() -> Response:
-        principal = ctx.authenticate(_headers(), request.args.get("access_token"))
-        payload = await _body(ctx.settings.hub.max_publish_bytes, ctx.settings.server.body_timeout)
-        result = await publish_through(ctx.backplane, principal, payload)
-        return _json(202, result.response())
+
+def _add_client_routes(app: QuartTrio, ctx: WebContext) -> None:
+    """Unsubscribe, and the subscribe path asked for over plain HTTP."""
 
     async def unsubscribe() -> Response:
         principal = ctx.authenticate(_headers(), request.args.get("access_token"))
@@ -154,7 +165,7 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             principal.name,
             ",".join(result.unsubscribed),
         )
-        return _json(
+        return json_response(
             200,
             {
                 "client_id": result.client_id,
@@ -163,6 +174,27 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
                 "subscriptions": result.subscriptions,
             },
         )
+
+    async def subscribe_over_http() -> Response:
+        return _error(
+            426,
+            "upgrade_required",
+            "this endpoint speaks WebSocket: connect with a WebSocket client "
+            "(ws://host/v1/ws/subscribe?event_types=...)",
+        )
+
+    for prefix in PREFIXES:
+        tag = prefix.strip("/").replace("/", "_")
+        app.add_url_rule(
+            f"{prefix}/ws/unsubscribe", f"unsubscribe_{tag}", unsubscribe, methods=["POST"]
+        )
+        app.add_url_rule(
+            f"{prefix}/ws/subscribe", f"subscribe_{tag}", subscribe_over_http, methods=["GET"]
+        )
+
+
+def _add_admin_routes(app: QuartTrio, ctx: WebContext) -> None:
+    """The views that need the admin role: stats, clients, /metrics."""
 
     async def stats() -> Response:
         ctx.require_admin(_headers(), request.args.get("access_token"))
@@ -175,13 +207,13 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
         # rises, while RSS also moves with how the allocator keeps freed pages (it steps up
         # and settles under a steady load). Reads one counter.
         figures["allocated_blocks"] = sys.getallocatedblocks()
-        return _json(200, figures)
+        return json_response(200, figures)
 
     async def clients() -> Response:
         ctx.require_admin(_headers(), request.args.get("access_token"))
         now, wall = trio.current_time(), time.time()
         sessions = sorted(ctx.hub.sessions.values(), key=lambda s: s.connected_at)
-        return _json(
+        return json_response(
             200,
             {
                 "count": len(sessions),
@@ -189,9 +221,25 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             },
         )
 
+    async def metrics() -> Response:
+        if ctx.metrics is None:
+            raise HubError(404, "not_found", "metrics are disabled (metrics.enabled = false)")
+        ctx.require_admin(_headers(), request.args.get("access_token"))
+        return quart_response(200, ctx.metrics.render(), PROMETHEUS)
+
+    for prefix in PREFIXES:
+        tag = prefix.strip("/").replace("/", "_")
+        app.add_url_rule(f"{prefix}/ws/stats", f"stats_{tag}", stats, methods=["GET"])
+        app.add_url_rule(f"{prefix}/ws/clients", f"clients_{tag}", clients, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
+
+
+def _add_probe_routes(app: QuartTrio, ctx: WebContext) -> None:
+    """Liveness and readiness."""
+
     async def health() -> Response:
         # Liveness: answering at all is the signal. No credentials needed.
-        return _json(
+        return json_response(
             200,
             {
                 "status": "ok",
@@ -207,55 +255,27 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
             return _error(503, "not_ready", "the server is starting")
         if not ctx.backplane.healthy:
             return _error(503, "not_ready", f"the event backplane is down: {ctx.backplane.status}")
-        return _json(200, {"status": "ready", "backplane": ctx.backplane.status})
-
-    async def metrics() -> Response:
-        if ctx.metrics is None:
-            raise HubError(404, "not_found", "metrics are disabled (metrics.enabled = false)")
-        ctx.require_admin(_headers(), request.args.get("access_token"))
-        return Response(
-            ctx.metrics.render(),
-            status=200,
-            content_type="text/plain; version=0.0.4; charset=utf-8",
-        )
-
-    async def subscribe_over_http() -> Response:
-        return _error(
-            426,
-            "upgrade_required",
-            "this endpoint speaks WebSocket: connect with a WebSocket client "
-            "(ws://host/v1/ws/subscribe?event_types=...)",
-        )
+        return json_response(200, {"status": "ready", "backplane": ctx.backplane.status})
 
     for prefix in PREFIXES:
         tag = prefix.strip("/").replace("/", "_")
-        app.add_url_rule(f"{prefix}/events", f"publish_{tag}", publish, methods=["POST"])
-        app.add_url_rule(
-            f"{prefix}/ws/unsubscribe", f"unsubscribe_{tag}", unsubscribe, methods=["POST"]
-        )
-        app.add_url_rule(
-            f"{prefix}/ws/subscribe", f"subscribe_{tag}", subscribe_over_http, methods=["GET"]
-        )
-        app.add_url_rule(f"{prefix}/ws/stats", f"stats_{tag}", stats, methods=["GET"])
-        app.add_url_rule(f"{prefix}/ws/clients", f"clients_{tag}", clients, methods=["GET"])
         app.add_url_rule(f"{prefix}/health", f"health_{tag}", health, methods=["GET"])
         app.add_url_rule(f"{prefix}/ready", f"ready_{tag}", ready, methods=["GET"])
-    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
+
+
+def _add_error_handlers(app: QuartTrio, ctx: WebContext) -> None:
+    """Every error this app answers is the JSON error payload."""
 
     @app.errorhandler(HubError)
     async def on_hub_error(exc: HubError) -> Response:
-        return _error(exc.status, exc.code, exc.message)
+        return _hub_error(exc)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 413:
-            return _error(
-                413,
-                "payload_too_large",
-                f"the request body exceeds the limit of {ctx.settings.hub.max_publish_bytes} "
-                "bytes (hub.max_publish_bytes)",
-            )
+            # Quart's own limit (MAX_CONTENT_LENGTH): a body that arrived past it.
+            return _hub_error(payload_too_large(ctx.settings.hub.max_publish_bytes))
         if status == 404:
             return _error(
                 404, "not_found", f"no endpoint at {quoted(request.path)}; see docs/protocol.md"
@@ -274,6 +294,4 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
     @app.errorhandler(Exception)
     async def on_unexpected(exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", quoted(request.method), quoted(request.path))
-        return _error(500, "internal_error", "the server failed to handle this request")
-
-    return app
+        return _error(*INTERNAL_ERROR)

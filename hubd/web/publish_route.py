@@ -16,10 +16,11 @@ from typing import Any
 
 import trio
 
-from hubd.core.backplane import publish_through
+from hubd.backplane import publish_through
 from hubd.core.errors import HubError
 from hubd.web.context import WebContext
-from hubd.web.errors import error_body, json_bytes, payload_too_large, request_timeout
+from hubd.web.errors import payload_too_large, request_timeout
+from hubd.web.responses import INTERNAL_ERROR, send_error, send_json
 from hubd.web.scope import headers as scope_headers
 from hubd.web.scope import query as scope_query
 
@@ -50,18 +51,10 @@ async def _read_chunks(receive: Any, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise payload_too_large(f"more than {limit}", limit)
+            raise payload_too_large(limit, f"more than {limit}")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _respond(send: Any, status: int, body: bytes, *, close: bool = False) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -> None:
@@ -73,20 +66,17 @@ async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -
         principal = ctx.authenticate(headers, scope_query(scope).get("access_token"))
         length = headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise payload_too_large(length.strip(), limit)
+            raise payload_too_large(limit, length.strip())
         payload = await _read_body(receive, limit, ctx.settings.server.body_timeout)
         if payload is None:
             return  # the client is gone: nothing was published
         result = await publish_through(ctx.backplane, principal, payload)
-        await _respond(send, 202, json_bytes(result.response()))
+        await send_json(send, 202, result.response())
     except HubError as exc:
         # An answer given before the body was read (401, 403, 408, 413) leaves it unread:
         # the server then closes the connection, so say so, or a keep-alive client would
         # send its next request on a connection that is going away.
-        close = payload is None
-        await _respond(send, exc.status, error_body(exc.code, exc.message), close=close)
+        await send_error(send, exc.status, exc.code, exc.message, close=payload is None)
     except Exception:
         log.exception("unexpected error on POST %s", scope["path"])
-        await _respond(
-            send, 500, error_body("internal_error", "the server failed to handle this request")
-        )
+        await send_error(send, *INTERNAL_ERROR)

@@ -12,18 +12,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from hubd.backplane import join
 from hubd.core.auth import Principal
-from hubd.core.backplane import join
 from hubd.core.clientip import resolve_client_ip
 from hubd.core.errors import HubError
+from hubd.core.hub import Session
 from hubd.core.session import serve_session
 from hubd.core.transport import Transport
 from hubd.logs import RateLimitedLog, event
 from hubd.protocol.quoting import quoted
 from hubd.web.asgi_transport import AsgiTransport
 from hubd.web.context import WebContext
-from hubd.web.errors import JSON_HEADERS, error_body
 from hubd.web.fastpath import HypercornTransport, hypercorn_stream, refuse_compression
+from hubd.web.responses import send_error
 from hubd.web.scope import headers as scope_headers
 from hubd.web.scope import query as scope_query
 
@@ -132,16 +133,20 @@ def _flag(query: dict[str, str], name: str) -> bool:
     )
 
 
-async def reject(send: Any, status: int, code: str, message: str) -> None:
-    body = error_body(code, message)
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": status,
-            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "websocket.http.response.body", "body": body})
+def _attach_transport(
+    ctx: WebContext, session: Session, receive: Any, send: Any
+) -> tuple[Transport, str]:
+    """The session's transport, attached, and which write path it takes: "direct" or
+    "asgi"."""
+    stream = hypercorn_stream(send)
+    if stream is not None and not ctx.settings.hub.compression:
+        refuse_compression(stream)
+        fast = HypercornTransport(receive, send, stream)
+        fast.attach(session)
+        return fast, "direct" if fast.direct else "asgi"
+    plain = AsgiTransport(receive, send)
+    plain.attach(session)
+    return plain, "asgi"
 
 
 async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: Any) -> None:
@@ -151,11 +156,12 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
         return
     if scope["path"] not in SUBSCRIBE_PATHS:
         ctx.hub.rejected[404] += 1
-        await reject(
+        await send_error(
             send,
             404,
             "not_found",
             f"no WebSocket endpoint at {quoted(scope['path'])}; subscribe at /v1/ws/subscribe",
+            websocket=True,
         )
         return
     ip, request = _read_request(ctx, scope)
@@ -172,23 +178,11 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
         )
     except HubError as exc:
         _rejected(ctx, ip, exc)
-        await reject(send, exc.status, exc.code, exc.message)
+        await send_error(send, exc.status, exc.code, exc.message, websocket=True)
         return
     del request
     try:
-        stream = hypercorn_stream(send)
-        transport: Transport
-        if stream is not None and not ctx.settings.hub.compression:
-            refuse_compression(stream)
-            fast = HypercornTransport(receive, send, stream)
-            fast.attach(session)
-            transport = fast
-            write = "direct" if fast.direct else "asgi"
-        else:
-            plain = AsgiTransport(receive, send)
-            plain.attach(session)
-            transport = plain
-            write = "asgi"
+        transport, write = _attach_transport(ctx, session, receive, send)
         event(
             log,
             logging.INFO,

@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.lowlevel
 
+from hubd.backplane import Backplane, MemoryBackplane, join, publish_through
 from hubd.core.auth import Principal
-from hubd.core.backplane import Backplane, MemoryBackplane, join, publish_through
 from hubd.core.errors import HubError
 from hubd.core.hub import Hub, Session
 from hubd.core.session import serve_session
@@ -110,7 +110,7 @@ async def cluster(request: pytest.FixtureRequest, nursery: trio.Nursery) -> Asyn
         node = MemoryBackplane(make_hub(history_size=5))
         made = Cluster("memory", node, node)
     else:
-        from hubd.redis_backplane import RedisBackplane
+        from hubd.backplane.redis import RedisBackplane
 
         server: RedisServer = request.getfixturevalue("redis_server")
         settings = BackplaneSettings(

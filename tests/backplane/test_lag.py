@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import trio
 
-from hubd.core.backplane import join, publish_through
+from hubd.backplane import join, publish_through
+from hubd.backplane.redis import RedisBackplane
 from hubd.core.errors import HubError
 from hubd.core.hub import Session
-from hubd.redis_backplane import RedisBackplane
 from hubd.settings import BackplaneSettings
 
 from ..redis_server import RedisServer

@@ -10,9 +10,9 @@ import coredis
 import pytest
 import trio
 
-from hubd.core.backplane import join, publish_through
+from hubd.backplane import join, publish_through
+from hubd.backplane.redis import RedisBackplane
 from hubd.core.errors import HubError
-from hubd.redis_backplane import RedisBackplane
 from hubd.settings import BackplaneSettings
 
 from ..redis_server import RedisServer

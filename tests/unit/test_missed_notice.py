@@ -16,13 +16,14 @@ import trio.testing
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketRequest
 
+from hubd.backplane.redis import GAP, RedisBackplane
+from hubd.backplane.redis.wire import Snapshot as _Snapshot
 from hubd.client import Credentials, Gap, HubClient, Notice
 from hubd.client import connection as client_connection
 from hubd.client.subscription import CONFIRMATION
 from hubd.core.frame import Frame
 from hubd.core.hub import Hub, Session
 from hubd.metrics import HttpCounts, Metrics
-from hubd.redis_backplane import GAP, RedisBackplane, _Snapshot
 from hubd.settings import BackplaneSettings, ConfigError
 
 from .conftest import SUBSCRIBER, Client, connect, fresh_ip, make_hub, make_settings

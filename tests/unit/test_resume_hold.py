@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hubd.backplane.redis import RedisBackplane
 from hubd.core.frame import Frame
 from hubd.core.hub import Hub, Session
-from hubd.redis_backplane import RedisBackplane
 from hubd.settings import BackplaneSettings
 
 from .conftest import SUBSCRIBER, fresh_ip, make_hub

@@ -1,14 +1,8 @@
-"""How a hub shares events, history and connection facts with other nodes.
+"""What every backplane offers the web layer, and the two steps that use it.
 
-The web layer talks to a `Backplane`, never to the transport behind it:
-
-- `MemoryBackplane` (the default): one node; everything happens in this process.
-- `hubd.redis_backplane.RedisBackplane`: several nodes sharing one Redis.
-
-Every backplane gives the same guarantees (tested by one contract suite): an accepted
-publish reaches every subscriber of every node once, in publish order per publisher;
-`replay` returns what a resuming client missed; `claim_ip` enforces one connection per
-client IP across the nodes; `clients` and `unsubscribe` reach connections on any node.
+`publish_through` and `join` are how the web layer publishes and admits subscribers:
+with a distributed backplane they need round trips to the other nodes (targets, IP
+claims, the replay of a resume) before the hub is touched.
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ import trio
 
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
-from hubd.core.history import Replay, parse_id
+from hubd.core.history import Replay
 from hubd.core.hub import Hub, Session, UnsubscribeResult, check_since
 from hubd.core.publishing import (
     Checked,
@@ -28,7 +22,6 @@ from hubd.core.publishing import (
     RemoteClient,
     check_request,
     decode_request,
-    publish_checked,
     publish_request,
 )
 
@@ -141,50 +134,3 @@ class Backplane(Protocol):
 
     async def aclose(self) -> None:
         """Release what the backplane holds (connections, leases)."""
-
-
-class MemoryBackplane:
-    """A single node: the hub is the whole cluster."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
-    @property
-    def distributed(self) -> bool:
-        return False
-
-    @property
-    def healthy(self) -> bool:
-        return True
-
-    @property
-    def status(self) -> str:
-        return "memory"
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-    async def publish(self, checked: list[Checked]) -> list[str]:
-        return publish_checked(self.hub, checked)
-
-    async def clients(self, client_ids: Iterable[str]) -> dict[str, RemoteClient]:
-        return {}
-
-    async def claim_ip(self, session: Session) -> bool:
-        return True  # Hub.admit already enforced it: this node is the only one
-
-    def release(self, session: Session) -> None:
-        pass
-
-    async def replay(self, channels: list[str], since: str) -> Replay:
-        hub = self.hub
-        return hub.history.replay(channels, parse_id(since, hub.ids.epoch), trio.current_time())
-
-    async def unsubscribe(
-        self, principal: Principal, client_id: str, channels: list[str]
-    ) -> UnsubscribeResult:
-        return self.hub.unsubscribe(principal, client_id, channels)
-
-    async def aclose(self) -> None:
-        pass

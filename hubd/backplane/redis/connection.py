@@ -1,0 +1,218 @@
+"""The Redis backplane's connection: which failures mean "unavailable, retry", the
+reconnect loop with backoff and jitter, the cluster's epoch, and the lag cutoff."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import coredis
+import coredis.exceptions
+import trio
+from coredis.retry import NoRetryPolicy
+
+from hubd.backplane.base import unavailable
+from hubd.core.errors import HubError
+from hubd.core.history import EPOCH_HEX, new_epoch
+
+log = logging.getLogger("hubd.backplane")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+# Seconds between two lag checks (a GET of the cluster's seq) while events flow.
+LAG_CHECK = 0.1
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    coredis.exceptions.ConnectionError,
+    # A wrong password or a missing permission: unavailable (and logged), not a crash.
+    coredis.exceptions.AuthenticationError,
+    coredis.exceptions.AuthorizationError,
+    coredis.exceptions.BusyLoadingError,
+    OSError,
+    TimeoutError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    EOFError,
+)
+
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    coredis.exceptions.RedisError,
+)
+
+
+def connection_error(exc: BaseException) -> BaseException | None:
+    """The connection failure inside `exc` (coredis raises them in exception groups from
+    its task groups), or None when it is something else. Any error reply from Redis
+    counts (out of memory, read-only replica, BUSY, ...): the backplane is unavailable
+    until it answers normally again, which is logged and retried, never a crash."""
+    if isinstance(exc, REDIS_ERRORS):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = connection_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def cancellation(exc: BaseException) -> BaseException | None:
+    """The trio cancellation inside `exc`, if any: while being cancelled, coredis may
+    also report the connection it is tearing down as closed, which is not a failure."""
+    if isinstance(exc, trio.Cancelled):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, _ = exc.split(trio.Cancelled)
+        return cancelled
+    return None
+
+
+class LagCutoff(Exception):
+    """This node is more than `max_lag` events behind: drop the subscription."""
+
+    def __init__(self, behind: int, limit: int) -> None:
+        super().__init__(f"{behind} events behind, more than backplane.max_lag={limit}")
+        self.behind = behind
+        self.limit = limit
+
+
+def lag_cutoff(exc: BaseException) -> LagCutoff | None:
+    """The cutoff inside `exc`, unless it is being cancelled: tearing the subscription
+    down may add connection errors to the group, which the new subscription will meet
+    again if they are real."""
+    if isinstance(exc, LagCutoff):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        if cancellation(exc) is not None:
+            return None
+        for inner in exc.exceptions:
+            found = lag_cutoff(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def refused(exc: BaseException) -> HubError:
+    """503 for an error reply from Redis (out of memory, read-only replica, ...)."""
+    return unavailable(describe(exc))
+
+
+async def cluster_epoch(client: coredis.Redis[bytes], key: str) -> str:
+    """The cluster's epoch at `key`; a fresh (or emptied) Redis gets one from the first
+    node that asks. Raises a connection error when `key` holds something else."""
+    value = await client.get(key)
+    if value is None:
+        await client.set(key, new_epoch(), condition=coredis.PureToken.NX)
+        value = await client.get(key)
+    epoch = value.decode() if isinstance(value, bytes) else str(value)
+    if len(epoch) != EPOCH_HEX:
+        raise coredis.exceptions.ConnectionError(f"{key} holds {epoch!r}, not an epoch")
+    return epoch
+
+
+class Link:
+    """The node's connection to Redis: usable or not (and why not), and the loop that
+    keeps it: on any connection failure it is marked unavailable, the reason is logged,
+    and it reconnects with exponential backoff and jitter."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        # Set once the first subscription of a connection has caught up; None meanwhile.
+        self.client: coredis.Redis[bytes] | None = None
+        self.why = "not connected yet"
+        self.connected = trio.Event()
+        self.was_up = False  # connected since the last failure
+        # Set to make the current connection start again (Redis lost its data).
+        self.reset = trio.Event()
+
+    def open(self) -> coredis.Redis[bytes]:
+        """A new client (its own connections): the caller enters and leaves it."""
+        return coredis.Redis(
+            **self.options,
+            decode_responses=False,
+            connect_timeout=2.0,
+            stream_timeout=5.0,
+            retry_policy=NoRetryPolicy(),
+        )
+
+    def require(self) -> coredis.Redis[bytes]:
+        """The usable client; 503 while there is none."""
+        if self.client is None:
+            raise unavailable(self.why)
+        return self.client
+
+    def lost(self, exc: BaseException) -> HubError:
+        """Note why the connection failed; the 503 to answer with."""
+        self.why = describe(exc)
+        return unavailable(self.why)
+
+    def up(self, client: coredis.Redis[bytes]) -> bool:
+        """`client` is caught up and may be used. False when it already was (a later
+        subscription of the same connection)."""
+        if self.client is not None:
+            return False
+        self.reset = trio.Event()  # before anyone can use the client and set it
+        self.client = client
+        self.was_up = True
+        self.connected.set()
+        return True
+
+    async def wait_up(self) -> None:
+        while self.client is None:
+            await self.connected.wait()
+
+    async def reset_on_request(self) -> None:
+        await self.reset.wait()
+        raise coredis.exceptions.ConnectionError("Redis lost its data: reconnecting")
+
+    async def run(self, serve: Callable[[coredis.Redis[bytes]], Awaitable[None]]) -> None:
+        """Connect and `serve` the client (which only returns by raising), forever."""
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                async with self.open() as client:
+                    try:
+                        await serve(client)
+                    finally:
+                        # Before the client shuts down: nothing may start using it meanwhile.
+                        self.client = None
+            except BaseException as raised:
+                cancelled = cancellation(raised)
+                if cancelled is not None:
+                    self.client = None
+                    raise cancelled from None
+                exc = connection_error(raised)
+                if exc is None:
+                    raise
+                if self._failed(exc, delay):
+                    delay = BACKOFF_FIRST  # a fresh outage: retry soon again
+            else:  # pragma: no cover - serve only returns by raising
+                self.client = None
+            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(BACKOFF_MAX, delay * 2)
+            if self.client is None and delay >= BACKOFF_MAX:
+                delay = BACKOFF_MAX
+
+    def _failed(self, exc: BaseException, delay: float) -> bool:
+        """Mark the connection down and log why; True when it had been up."""
+        was_up, self.was_up = self.was_up, False
+        self.client = None
+        self.connected = trio.Event()
+        self.why = describe(exc)
+        if was_up:
+            log.error("backplane lost: %s; publishes get 503 until it is back", self.why)
+        else:
+            log.warning("backplane unavailable: %s; retrying in %.1fs", self.why, delay)
+        return was_up
