@@ -13,8 +13,13 @@ count too):
   hubd.backplane.redis (it may import hubd.backplane).
 - Only hubd/__main__.py imports hubd.cli.
 - hubd.client (the client library) and hubd.hubctl import from hubd only hubd.client,
-  hubd.hubctl and the package itself (its version): no server code, no web stack, no
-  redis client, so a client never loads the daemon.
+  hubd.hubctl, hubd.protocol (the wire format, pure: shared with the server) and the
+  package itself (its version): no server code, no web stack, no redis client, so a
+  client never loads the daemon.
+- hubd.protocol owns the wire vocabulary: outside it, no module spells out a notice,
+  reply or reason name (`hubd.protocol.notices.VOCABULARY`) as a string constant that is
+  compared, passed, assigned or sent as a `message`/`reason`, and none builds an
+  `Envelope(...)` itself (`hubd.protocol.notices.envelope` does).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from hubd.protocol.notices import VOCABULARY
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hubd"
 
@@ -266,7 +273,7 @@ def test_only_main_imports_cli() -> None:
 
 
 def test_client_and_hubctl_import_no_server_code() -> None:
-    allowed = ("hubd.client", "hubd.hubctl")
+    allowed = ("hubd.client", "hubd.hubctl", "hubd.protocol")
 
     def server_side(name: str) -> bool:
         if name == "hubd" or name == "hubd.__version__":
@@ -277,3 +284,125 @@ def test_client_and_hubctl_import_no_server_code() -> None:
 
     assert violations("hubd.client", server_side) == []
     assert violations("hubd.hubctl", server_side) == []
+
+
+# -- the wire vocabulary lives in hubd.protocol --------------------------------------------
+
+# Methods whose first argument is a key being looked up (a body field), not a name sent.
+_KEY_LOOKUPS = frozenset({"get", "pop", "setdefault"})
+
+
+def vocabulary_literals(source: str, vocabulary: frozenset[str] = VOCABULARY) -> list[str]:
+    """String constants from `vocabulary` used as a name on the wire: an operand of a
+    comparison, an argument of a call (but not the key of `.get`/`.pop`/`.setdefault`),
+    a value assigned or returned, or the value of a `"message"`/`"reason"` key in a dict
+    literal; inside a tuple, list or set literal in those places too. Docstrings, dict
+    keys, f-string text and longer sentences are not flagged."""
+    found: list[str] = []
+
+    def check(node: ast.expr | None) -> None:
+        if node is None:
+            return
+        # One level into a container literal: `(HEALTH, "ping")`, `{"error", ...}`.
+        elements = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        for element in elements:
+            if isinstance(element, ast.Constant) and element.value in vocabulary:
+                found.append(f"line {element.lineno}: {element.value!r}")
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                check(operand)
+        elif isinstance(node, ast.Call):
+            args = node.args
+            if (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr in _KEY_LOOKUPS
+                and args
+                and isinstance(args[0], ast.Constant)
+            ):
+                args = args[1:]
+            for arg in args:
+                check(arg)
+            for keyword in node.keywords:
+                check(keyword.value)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.Return)):
+            check(node.value)
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value in ("message", "reason"):
+                    check(value)
+    return sorted(found, key=lambda f: int(f.split(":")[0].removeprefix("line ")))
+
+
+def test_the_vocabulary_check_sees_every_form() -> None:
+    source = """
+\"\"\"Docstring naming events_dropped.\"\"\"
+def f(message, body, kind):
+    \"\"\"pong\"\"\"
+    if message == "events_dropped":
+        pass
+    if kind == (HEALTH, "ping"):
+        pass
+    if message in {"unsubscribed", OTHER}:
+        pass
+    reply(session, GLOBAL, "error", None)
+    Envelope(message="replay_complete")
+    GAP = "backplane_gap"
+    send({"event_type": "system", "message": "client-id"})
+    NOTICES = frozenset({"pong"})
+    return "error"
+def g(body, exc, parsed):
+    body.get("error", "")
+    parsed.get("unsubscribed")
+    x = {"error": str(exc), "unsubscribed": []}
+    name = exc.name or "error"
+    pairs([("unsubscribed", 1)])
+    raise ValueError(f"accepted is 'client-id' and {body}")
+"""
+    assert [line.split(": ")[1] for line in vocabulary_literals(source)] == [
+        "'events_dropped'",
+        "'ping'",
+        "'unsubscribed'",
+        "'error'",
+        "'replay_complete'",
+        "'backplane_gap'",
+        "'client-id'",
+        "'pong'",
+        "'error'",
+    ]
+
+
+def test_only_the_protocol_spells_out_notice_names() -> None:
+    protocol = PACKAGE / "protocol"
+    found = [
+        f"{path.relative_to(PACKAGE.parent)} {literal}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not path.is_relative_to(protocol)
+        for literal in vocabulary_literals(path.read_text())
+    ]
+    assert found == []
+
+
+def envelope_constructions(source: str) -> list[str]:
+    """Every call of `Envelope(...)` or `<module>.Envelope(...)`."""
+    return [
+        f"line {node.lineno}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == "Envelope")
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == "Envelope")
+        )
+    ]
+
+
+def test_only_the_protocol_builds_envelopes() -> None:
+    protocol = PACKAGE / "protocol"
+    found = [
+        f"{path.relative_to(PACKAGE.parent)} {where}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not path.is_relative_to(protocol)
+        for where in envelope_constructions(path.read_text())
+    ]
+    assert found == []

@@ -32,6 +32,8 @@ from hubd.client.models import (
     convert,
 )
 from hubd.client.subscription import NoticeCallback, Subscription
+from hubd.protocol.channels import SYSTEM
+from hubd.protocol.notices import CLIENT_ID
 
 # hubd refuses larger batches (400 batch_too_large).
 MAX_BATCH = 1000
@@ -334,16 +336,16 @@ class HubClient:
                     c for c in (listed if isinstance(listed, list) else ()) if isinstance(c, str)
                 )
                 await ws.send_message(
-                    json.dumps({"event_type": "system", "message": "client-id", "id": "whoami"})
+                    json.dumps({"event_type": SYSTEM, "message": CLIENT_ID, "id": "whoami"})
                 )
                 while True:
                     reply = await _next_envelope(ws)
                     if reply.get("ref_id") != "whoami":
                         continue  # an event for `global` that came first
                     body = reply.get("body")
-                    if reply.get("message") != "client-id" or not isinstance(body, dict):
+                    if reply.get("message") != CLIENT_ID or not isinstance(body, dict):
                         raise ProtocolError(f"client-id request refused: {body!r}")
-                    client_id = str(body.get("client-id"))
+                    client_id = str(body.get(CLIENT_ID))
                     break
             principal = ip = None
             try:

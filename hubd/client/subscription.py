@@ -42,17 +42,18 @@ from hubd.client.models import (
     Resumed,
     Unsubscribed,
 )
+from hubd.protocol import notices
+from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
+from hubd.protocol.notices import CONFIRMATION
 
 log = logging.getLogger("hubd.client")
 # A library does not print: without logging configured, its warnings stay silent instead
 # of reaching stderr through logging's last-resort handler.
 log.addHandler(logging.NullHandler())
 
-GLOBAL, HEALTH, SYSTEM = "global", "health", "system"
-CONFIRMATION = "WebSocket connection established subscribed to global by default"
 # `global` frames addressed to this connection that are the server's notices, not
 # published events (an admin may also publish to `global`, targeted or not).
-_NOTICES = frozenset({"error", "events_dropped", "unsubscribed", "replay_complete"})
+_NOTICES = notices.NOTICES
 # Ids of our heartbeat pings, to recognise the replies to them.
 _PING_PREFIX = "hubd-client-ping-"
 # Seconds given to the close handshake when the subscription ends.
@@ -421,7 +422,7 @@ class Subscription:
         if channel == GLOBAL and "client_id" in envelope and message in _NOTICES:
             body = envelope.get("body") if isinstance(envelope.get("body"), dict) else {}
             assert isinstance(body, dict)
-            if message == "replay_complete":
+            if message == notices.REPLAY_COMPLETE:
                 replayed = _count(body.get("replayed"))
                 after = resume_from or ""
                 if body.get("complete") is True:
@@ -429,10 +430,10 @@ class Subscription:
                 else:
                     await self._send.send(Gap("history_incomplete", resume_from, replayed))
                 return False
-            if message == "events_dropped":
+            if message == notices.EVENTS_DROPPED:
                 dropped = _count(body.get("dropped"))
                 await self._send.send(Gap("dropped_by_server", self.last_event_id, dropped=dropped))
-            elif message == "unsubscribed":
+            elif message == notices.UNSUBSCRIBED:
                 remaining = _names(body.get("subscriptions"))
                 if remaining is None:
                     remaining = self.subscriptions  # unreadable: keep what we know
@@ -467,7 +468,7 @@ class Subscription:
             await trio.sleep(every)
             sent += 1
             frame = json.dumps(
-                {"event_type": HEALTH, "message": "ping", "id": f"{_PING_PREFIX}{sent}"}
+                {"event_type": HEALTH, "message": notices.PING, "id": f"{_PING_PREFIX}{sent}"}
             )
             try:
                 await ws.send_message(frame)

@@ -21,6 +21,7 @@ from hubd.core.frame import Frame
 from hubd.core.history import EventIds, History, Replay, is_event_id, parse_id
 from hubd.core.latency import LatencyHistogram
 from hubd.core.mailbox import Mailbox, Overflow
+from hubd.protocol import notices
 from hubd.protocol.channels import (
     GLOBAL,
     TooManyChannelsError,
@@ -28,7 +29,7 @@ from hubd.protocol.channels import (
     normalize,
     parse_event_types,
 )
-from hubd.protocol.envelope import Envelope, encode_bytes, new_id, utc_timestamp
+from hubd.protocol.envelope import utc_timestamp
 from hubd.protocol.quoting import quoted
 from hubd.settings import HubSettings, LimitsSettings
 
@@ -50,7 +51,7 @@ REFUSED = 0
 QUEUED = 1
 WRITTEN = 2
 
-CONFIRMATION_MESSAGE = "WebSocket connection established subscribed to global by default"
+CONFIRMATION_MESSAGE = notices.CONFIRMATION
 
 
 @dataclass(eq=False, slots=True)
@@ -125,27 +126,16 @@ class Session:
             self.request_close(CLOSE_TRY_AGAIN_LATER, "slow consumer: queue overflow")
         return REFUSED
 
-    def reply(self, envelope: Envelope) -> None:
-        """Send a frame to this client only: written at once when the connection is idle
-        (a pong needs no writer wake-up), else queued under the same overflow policy."""
-        self.deliver(Frame(encode_bytes(envelope), channel=envelope.event_type), direct=True)
+    def reply(self, payload: bytes, channel: str) -> None:
+        """Send a frame (built by `hubd.protocol.notices`) on `channel` to this client
+        only: written at once when the connection is idle (a pong needs no writer
+        wake-up), else queued under the same overflow policy."""
+        self.deliver(Frame(payload, channel=channel), direct=True)
 
 
-def notice_frame(session: Session, message: str, body: object) -> Frame:
-    """A server notice (`events_dropped`, ...) addressed to `session`, on `global`."""
-    return Frame(
-        encode_bytes(
-            Envelope(
-                id=new_id(),
-                event_type=GLOBAL,
-                timestamp=utc_timestamp(),
-                message=message,
-                body=body,
-                client_id=session.client_id,
-            )
-        ),
-        channel=GLOBAL,
-    )
+def notice_frame(payload: bytes) -> Frame:
+    """A server notice (`events_dropped`, ...) built by `hubd.protocol.notices`: on `global`."""
+    return Frame(payload, channel=GLOBAL)
 
 
 def unknown_client(client_id: str) -> HubError:
@@ -311,23 +301,9 @@ class Hub:
             last_seen=trio.current_time(),
         )
         session.mailbox.on_drop = self._count_drop
-        body: dict[str, object] = {
-            "client_id": session.client_id,
-            "subscriptions": list(subscriptions),
-        }
-        if batch:
-            body["batch"] = True
         session.mailbox.put(
             Frame(
-                encode_bytes(
-                    Envelope(
-                        id=new_id(),
-                        event_type=GLOBAL,
-                        timestamp=session.connected_at,
-                        message=CONFIRMATION_MESSAGE,
-                        body=body,
-                    )
-                )
+                notices.confirmation(session.client_id, subscriptions, batch, session.connected_at)
             )
         )
         if since is not None:
@@ -348,19 +324,7 @@ class Hub:
         session.mailbox.extend(frames)
 
     def _replay_complete(self, session: Session, replayed: int, complete: bool) -> Frame:
-        return Frame(
-            encode_bytes(
-                Envelope(
-                    id=new_id(),
-                    event_type=GLOBAL,
-                    timestamp=utc_timestamp(),
-                    message="replay_complete",
-                    body={"replayed": replayed, "complete": complete},
-                    client_id=session.client_id,
-                )
-            ),
-            channel=GLOBAL,
-        )
+        return notice_frame(notices.replay_complete(session.client_id, replayed, complete))
 
     def _count_drop(self, frame: Frame) -> None:
         if frame.channel is not None:
@@ -612,7 +576,6 @@ class Hub:
         its `replay_complete` says `complete: false` instead. Returns how many sessions
         were told. Never blocks."""
         wanted = None if channels is None else frozenset(channels)
-        body = {"dropped": count, "reason": reason}
         told = 0
         for session in list(self.sessions.values()):
             if wanted is not None and wanted.isdisjoint(session.subscriptions):
@@ -627,7 +590,9 @@ class Hub:
             # Room beyond the queue bound (like replay_complete): the notice neither
             # pushes an event out nor overflows a `disconnect` queue. Should later events
             # push it out, the queue's own drop notice still tells the client.
-            session.mailbox.extend([notice_frame(session, "events_dropped", body)])
+            session.mailbox.extend(
+                [notice_frame(notices.events_dropped(session.client_id, count, reason))]
+            )
             told += 1
         self.missed_notices[reason] += told
         return told
@@ -741,12 +706,5 @@ class Hub:
             session.subscriptions.remove(channel)
             self._subscribers[channel].pop(session, None)
         session.reply(
-            Envelope(
-                id=new_id(),
-                event_type=GLOBAL,
-                timestamp=utc_timestamp(),
-                message="unsubscribed",
-                body={"unsubscribed": channels, "subscriptions": list(session.subscriptions)},
-                client_id=session.client_id,
-            )
+            notices.unsubscribed(session.client_id, channels, session.subscriptions), GLOBAL
         )

@@ -13,8 +13,9 @@ from hubd.core.auth import Principal
 from hubd.core.errors import HubError
 from hubd.core.frame import Frame
 from hubd.core.hub import Hub, Session
+from hubd.protocol import notices
 from hubd.protocol.channels import GLOBAL, SERVER_OWNED
-from hubd.protocol.envelope import Envelope, PublishEvent, encode_bytes, utc_timestamp
+from hubd.protocol.envelope import PublishEvent, encode_bytes
 from hubd.protocol.jsondepth import MAX_JSON_DEPTH, too_deep
 from hubd.protocol.quoting import quoted
 
@@ -231,13 +232,12 @@ def publish_checked(hub: Hub, checked: list[Checked]) -> list[str]:
     ids: list[str] = []
     for item in checked:
         seq, event_id = hub.ids.next()
-        envelope = Envelope(
-            id=event_id,
-            event_type=item.channel,
-            timestamp=utc_timestamp(),
-            message=item.event.message,
-            body=item.event.body,
+        envelope = notices.envelope(
+            item.channel,
+            item.event.message,
+            item.event.body,
             client_id=item.event.client_id,
+            id=event_id,
         )
         hub.publish(
             item.channel,

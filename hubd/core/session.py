@@ -37,14 +37,9 @@ from hubd.core.hub import (
 from hubd.core.latency import LatencyHistogram
 from hubd.core.transport import Transport, TransportClosed
 from hubd.logs import event
+from hubd.protocol import notices
 from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
-from hubd.protocol.envelope import (
-    Envelope,
-    FrameError,
-    decode_client_frame,
-    new_id,
-    utc_timestamp,
-)
+from hubd.protocol.envelope import FrameError, decode_client_frame
 from hubd.protocol.quoting import quoted
 
 log = logging.getLogger("hubd.connections")
@@ -200,7 +195,7 @@ async def _writer(hub: Hub, session: Session, transport: Transport, first: bool)
                     owed_since = None
                     dropped = mailbox.take_unreported_drops()
                     await transport.send_frames(
-                        [notice_frame(session, "events_dropped", {"dropped": dropped})]
+                        [notice_frame(notices.events_dropped(session.client_id, dropped))]
                     )
             session.writing = False
             if mailbox:
@@ -298,7 +293,9 @@ async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.C
                 session.request_close(CLOSE_POLICY, "client frame rate limit exceeded")
                 return
             if over == 1:
-                session.reply(_rate_limited(session, settings.max_client_frames_per_second, burst))
+                session.reply(
+                    _rate_limited(session, settings.max_client_frames_per_second, burst), GLOBAL
+                )
             continue
         tokens -= 1.0
         # len(str) <= its UTF-8 size <= 4 * len(str): encode only when it could matter.
@@ -315,19 +312,15 @@ async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.C
             hub.frame_errors += 1
 
 
-def _rate_limited(session: Session, rate: float, burst: int) -> Envelope:
+def _rate_limited(session: Session, rate: float, burst: int) -> bytes:
     # The frame is not decoded (that is the work being refused), so no ref_id to echo.
-    return _reply(
-        session,
-        GLOBAL,
-        "error",
+    return notices.error(
+        session.client_id,
         None,
-        {
-            "error": f"client frame rate limit exceeded: at most "
-            f"max_client_frames_per_second={rate:g} on average and "
-            f"client_frames_burst={burst} at once; frames over the limit are dropped "
-            "without a reply, and a client that keeps sending is closed with 1008"
-        },
+        f"client frame rate limit exceeded: at most "
+        f"max_client_frames_per_second={rate:g} on average and "
+        f"client_frames_burst={burst} at once; frames over the limit are dropped "
+        "without a reply, and a client that keeps sending is closed with 1008",
     )
 
 
@@ -341,21 +334,19 @@ def handle_frame(session: Session, frame: str | bytes) -> bool:
         msg = decode_client_frame(frame)
         ref_id = msg.id
         kind = (msg.event_type, msg.message)
-        if kind == (HEALTH, "ping"):
+        if kind == (HEALTH, notices.PING):
             if HEALTH not in session.subscriptions:
                 raise FrameError(
                     "ping needs the health channel: connect with event_types=health "
                     "(the ping still counted as a heartbeat)"
                 )
-            session.reply(_reply(session, HEALTH, "pong", ref_id, None))
-        elif kind == (SYSTEM, "client-id"):
+            session.reply(notices.pong(session.client_id, ref_id), HEALTH)
+        elif kind == (SYSTEM, notices.CLIENT_ID):
             if SYSTEM not in session.subscriptions:
                 raise FrameError(
                     "client-id needs the system channel: connect with event_types=system"
                 )
-            session.reply(
-                _reply(session, SYSTEM, "client-id", ref_id, {"client-id": session.client_id})
-            )
+            session.reply(notices.client_id_reply(session.client_id, ref_id), SYSTEM)
         elif msg.event_type == HEALTH:
             raise FrameError(f"unknown health message {quoted(msg.message)}; accepted is 'ping'")
         elif msg.event_type == SYSTEM:
@@ -369,20 +360,6 @@ def handle_frame(session: Session, frame: str | bytes) -> bool:
                 "{'event_type': 'system', 'message': 'client-id'}"
             )
     except FrameError as exc:
-        session.reply(_reply(session, GLOBAL, "error", ref_id, {"error": str(exc)}))
+        session.reply(notices.error(session.client_id, ref_id, str(exc)), GLOBAL)
         return False
     return True
-
-
-def _reply(
-    session: Session, channel: str, message: str, ref_id: str | None, body: object
-) -> Envelope:
-    return Envelope(
-        id=new_id(),
-        ref_id=ref_id if ref_id is not None else new_id(),
-        event_type=channel,
-        timestamp=utc_timestamp(),
-        message=message,
-        body=body,
-        client_id=session.client_id,
-    )

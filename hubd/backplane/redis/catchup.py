@@ -14,11 +14,12 @@ from hubd.backplane.redis.wire import EventMessage, Snapshot, now_ms, parse_snap
 from hubd.core.frame import Frame
 from hubd.core.history import Replay
 from hubd.core.hub import Hub
+from hubd.protocol.notices import BACKPLANE_GAP
 
 log = logging.getLogger("hubd.backplane")
 
 # The reason `Hub.missed` gives subscribers when the backplane lost events for them.
-GAP = "backplane_gap"
+GAP = BACKPLANE_GAP
 
 
 def deliver(hub: Hub, message: EventMessage) -> None:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from hubd.core.publishing import Checked, RemoteClient
-from hubd.protocol.envelope import Envelope, encode_bytes, utc_timestamp
+from hubd.protocol import notices
+from hubd.protocol.envelope import encode_bytes
 
 _ID_PLACEHOLDER = "0" * 64
-# encode_bytes(Envelope(id=...)) starts with this, then the id, then a closing quote.
+# encode_bytes(notices.envelope(..., id=...)) starts with this, then the id, then a closing quote.
 _ID_PREFIX = b'{"id":"'
 _REST_AT = len(_ID_PREFIX) + 64 + 1
 
@@ -27,13 +28,12 @@ def publish_args(
     args: list[str | bytes | int] = [prefix, epoch, history_size, now_ms()]
     for item in checked:
         payload = encode_bytes(
-            Envelope(
-                id=_ID_PLACEHOLDER,
-                event_type=item.channel,
-                timestamp=utc_timestamp(),
-                message=item.event.message,
-                body=item.event.body,
+            notices.envelope(
+                item.channel,
+                item.event.message,
+                item.event.body,
                 client_id=item.event.client_id,
+                id=_ID_PLACEHOLDER,
             )
         )
         args += [
