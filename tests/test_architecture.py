@@ -25,10 +25,18 @@ count too):
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hubd.protocol.notices import VOCABULARY
+
+
+@functools.cache
+def parse(source: str) -> ast.Module:
+    """Each module parsed once for all the checks below (read-only walks)."""
+    return ast.parse(source)
+
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hubd"
 
@@ -48,7 +56,7 @@ def imported_names(source: str, module: str, is_package: bool = False) -> set[st
     and `a.b.c` (c may be a submodule, as in `from hubd import cli`)."""
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -64,9 +72,18 @@ def imported_names(source: str, module: str, is_package: bool = False) -> set[st
 
 
 def modules() -> Iterator[tuple[str, Path, set[str]]]:
+    yield from _modules()
+
+
+@functools.cache
+def _modules() -> tuple[tuple[str, Path, set[str]], ...]:
+    found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         name = module_name(path)
-        yield name, path, imported_names(path.read_text(), name, path.name == "__init__.py")
+        found.append(
+            (name, path, imported_names(path.read_text(), name, path.name == "__init__.py"))
+        )
+    return tuple(found)
 
 
 def within(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -212,7 +229,7 @@ def hub_writes(source: str) -> list[str]:
     """Every assignment (plain, augmented, annotated, or in a tuple target) whose target
     is an attribute (or an item of one) reached through `hub` or `self.hub`."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse(source)):
         if isinstance(node, ast.Assign):
             targets = node.targets
         elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
@@ -309,7 +326,7 @@ def vocabulary_literals(source: str, vocabulary: frozenset[str] = VOCABULARY) ->
             if isinstance(element, ast.Constant) and element.value in vocabulary:
                 found.append(f"line {element.lineno}: {element.value!r}")
 
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(parse(source)):
         if isinstance(node, ast.Compare):
             for operand in (node.left, *node.comparators):
                 check(operand)
@@ -388,7 +405,7 @@ def envelope_constructions(source: str) -> list[str]:
     """Every call of `Envelope(...)` or `<module>.Envelope(...)`."""
     return [
         f"line {node.lineno}"
-        for node in ast.walk(ast.parse(source))
+        for node in ast.walk(parse(source))
         if isinstance(node, ast.Call)
         and (
             (isinstance(node.func, ast.Name) and node.func.id == "Envelope")
