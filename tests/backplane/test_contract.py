@@ -93,6 +93,9 @@ class Subscriber:
         with trio.fail_after(WAIT):
             while self.session.registered:
                 await trio.lowlevel.checkpoint()  # yield until the session has ended
+        # What the web layer does once a session has ended (hubd/web/ws.py): without it
+        # the IP stays claimed until its lease runs out.
+        self.node.release(self.session)
 
 
 async def publish(node: Backplane, *events: dict[str, Any], who: Principal = ADMIN) -> list[str]:
