@@ -211,6 +211,24 @@ def serve_options(settings: Settings) -> ServeOptions:
     return ServeOptions(server.handshake_timeout, server.max_header_bytes, server.http2)
 
 
+def build_app(settings: Settings) -> tuple[WebContext, HubdApp]:
+    """The hub, its backplane, the authenticator, metrics (when enabled) and the ASGI app,
+    wired together; nothing runs yet and nothing is bound. `run` serves what this builds
+    (the in-process web tests drive the app directly)."""
+    hub = Hub(settings.hub, settings.limits)
+    backplane = make_backplane(settings, hub)
+    ctx = WebContext(
+        settings=settings,
+        hub=hub,
+        auth=Authenticator(settings.auth),
+        trusted_proxies=settings.limits.trusted_networks,
+        backplane=backplane,
+    )
+    if settings.metrics.enabled:
+        ctx.metrics = Metrics(hub, ctx.http_counts, backplane)
+    return ctx, HubdApp(ctx)
+
+
 async def run(
     settings: Settings,
     config_path: str,
@@ -230,18 +248,8 @@ async def run(
     serving when that file cannot be used."""
     notifier = sdnotify.Notifier.from_environ()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        hub = Hub(settings.hub, settings.limits)
-        backplane = make_backplane(settings, hub)
-        ctx = WebContext(
-            settings=settings,
-            hub=hub,
-            auth=Authenticator(settings.auth),
-            trusted_proxies=settings.limits.trusted_networks,
-            backplane=backplane,
-        )
-        if settings.metrics.enabled:
-            ctx.metrics = Metrics(hub, ctx.http_counts, backplane)
-        app = HubdApp(ctx)
+        ctx, app = build_app(settings)
+        hub, backplane = ctx.hub, ctx.backplane
         shutdown = trio.Event()
         stop_server = trio.Event()
         event(

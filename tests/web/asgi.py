@@ -25,10 +25,8 @@ from urllib.parse import urlencode
 import httpx
 import trio
 
-from hubd.core.auth import Authenticator
 from hubd.core.hub import Hub
-from hubd.metrics import Metrics
-from hubd.service import make_backplane
+from hubd.service import build_app
 from hubd.settings import Settings, load_settings_text
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext
@@ -139,23 +137,13 @@ class InProcessHubd:
 
 
 def build_hubd(settings: Settings, *, ready: bool = True) -> InProcessHubd:
-    """A `HubdApp` wired as `hubd.service.run` wires it (hub, backplane, authenticator,
-    metrics when enabled), marked ready as once every listener serves. Call inside trio.
-    What `run` adds around it (listeners, Hypercorn, signals, drain, history file) is not
-    here. `MemoryBackplane.run` only parks, so it is not started."""
-    hub = Hub(settings.hub, settings.limits)
-    backplane = make_backplane(settings, hub)
-    ctx = WebContext(
-        settings=settings,
-        hub=hub,
-        auth=Authenticator(settings.auth),
-        trusted_proxies=settings.limits.trusted_networks,
-        backplane=backplane,
-    )
-    if settings.metrics.enabled:
-        ctx.metrics = Metrics(hub, ctx.http_counts, backplane)
+    """A `HubdApp` wired by `hubd.service.build_app`, as `run` serves it, marked ready as
+    once every listener serves. Call inside trio. What `run` adds around it (listeners,
+    Hypercorn, signals, drain, history file) is not here. `MemoryBackplane.run` only
+    parks, so it is not started."""
+    ctx, app = build_app(settings)
     ctx.ready = ready
-    return InProcessHubd(ctx, HubdApp(ctx))
+    return InProcessHubd(ctx, app)
 
 
 def subscribe_path(
