@@ -16,22 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from bench.core import run_core
+from bench.daemon import terminate, wait_ready
 from bench.loadgen import Target, median_summary, rss_kb, run_scenario
 from bench.redis_process import RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"\bready listening=http://127\.0\.0\.1:(\d+)")
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "light": {"subs": 20, "rate": 50, "duration": 5},
@@ -78,25 +76,13 @@ class Server:
                 stderr=log,
                 cwd=ROOT,
             )
-        deadline = time.monotonic() + 20
-        self.port = 0
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with open(self.log) as log:
-                if m := READY.search(log.read()):
-                    self.port = int(m[1])
-                    break
-            time.sleep(0.05)
+        self.port = wait_ready(self.proc, self.log, 20)
         if not self.port:
             self.stop()
             raise RuntimeError(f"hubd did not start; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc, 10)
         os.unlink(self.config)
         os.unlink(self.log)
         if self.history_dir is not None:

@@ -45,11 +45,11 @@ from typing import Any
 
 import trio
 
+from bench.daemon import terminate, wait_ready
 from bench.loadgen import SEQ, Client, http_request, percentiles, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 HUBD = Path(sys.executable).with_name("hubd")
-READY = re.compile(r"\bready listening=http://127\.0\.0\.1:(\d+)")
 PHASES = ("before", "during", "after")
 
 LEGIT_SUB, LEGIT_PUB, HOSTILE = "legit-sub", "legit-pub", "hostile"
@@ -146,13 +146,7 @@ class Daemon:
                 cwd=ROOT,
                 preexec_fn=limit,
             )
-        self.port = 0
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if m := READY.search(Path(self.log).read_text(errors="replace")):
-                self.port = int(m[1])
-                break
-            time.sleep(0.05)
+        self.port = wait_ready(self.proc, self.log, 20)
         if not self.port:
             self.stop()
             raise SystemExit(f"hubd did not start; see {self.log}")
@@ -167,13 +161,7 @@ class Daemon:
 
     def stop(self, keep_log: bool = False) -> int | None:
         code = self.proc.poll()
-        if code is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         os.unlink(self.config)
         if not keep_log:
             os.unlink(self.log)

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,11 +30,11 @@ from typing import Any
 
 import trio
 
+from bench.daemon import terminate, wait_ready
 from bench.loadgen import Client, http_request, rss_kb, source_address
 from bench.redis_process import RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"\bready listening=http://127\.0\.0\.1:(\d+)")
 TOKEN = "bench"
 CHANNEL = "pdfm"
 GAP = b"backplane_gap"
@@ -79,13 +78,7 @@ class Node:
                 cwd=tree,
                 env=env,
             )
-        deadline = time.monotonic() + 30
-        self.port = 0
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if m := READY.search(self.output()):
-                self.port = int(m[1])
-                break
-            time.sleep(0.05)
+        self.port = wait_ready(self.proc, self.log, 30)
         if not self.port:
             self.stop()
             raise RuntimeError(f"hubd did not start:\n{self.output()[-2000:]}")
@@ -95,13 +88,7 @@ class Node:
             return log.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, 10)
 
 
 @dataclass

@@ -34,7 +34,6 @@ import ctypes
 import json
 import math
 import os
-import re
 import resource
 import signal
 import statistics
@@ -50,11 +49,11 @@ from typing import Any
 
 import trio
 
+from bench.daemon import terminate, wait_ready
 from bench.loadgen import SEQ, Client, http_request, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 HUBD = Path(sys.executable).with_name("hubd")
-READY = re.compile(r"\bready listening=http://127\.0\.0\.1:(\d+)")
 
 SUB_TOKEN = "soak-sub"
 ADMIN_TOKEN = "soak-admin"
@@ -255,13 +254,7 @@ class Daemon:
                 preexec_fn=_child_setup,
                 start_new_session=True,
             )
-        self.port = 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if m := READY.search(Path(self.log).read_text(errors="replace")):
-                self.port = int(m[1])
-                break
-            time.sleep(0.05)
+        self.port = wait_ready(self.proc, self.log, 30)
         if not self.port:
             self.stop(keep_log=True)
             raise SystemExit(f"bench.soak: hubd did not start; see {self.log}")
@@ -281,15 +274,7 @@ class Daemon:
 
     def stop(self, keep_log: bool = False) -> int | None:
         """SIGTERM, then SIGKILL after 15 s; the exit status (None if it was killed)."""
-        code = self.proc.poll()
-        if code is None:
-            self.proc.terminate()
-            try:
-                code = self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                code = None
+        code = terminate(self.proc, 15)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config)
         if not keep_log:
