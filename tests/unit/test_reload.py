@@ -403,6 +403,15 @@ async def test_restart_only_changes_are_reported_and_not_applied(
     assert builds.session.mailbox.capacity == 5
 
 
+async def test_a_changed_max_lag_is_kept_for_a_restart() -> None:
+    # The lag watch reads it when the backplane connects: a live change would not apply.
+    old = settings("[backplane]\nmax_lag = 10000\n", ALICE)
+    ctx = context(old)
+    report = reload.apply(ctx, settings("[backplane]\nmax_lag = 500\n", ALICE))
+    assert [item.partition(":")[0] for item in report.kept] == ["backplane.max_lag"]
+    assert ctx.settings.backplane.max_lag == 10000
+
+
 TLS = '[server]\ntls_cert = "/etc/hubd/cert.pem"\ntls_key = "/etc/hubd/key.pem"\n'
 
 
