@@ -17,7 +17,7 @@ import trio
 from hubd.core.auth import Principal
 from hubd.core.frame import Frame
 from hubd.core.hub import Hub
-from hubd.core.session import serve_session
+from hubd.core.serving import serve_session
 from hubd.protocol.envelope import Envelope, encode_bytes, new_id, utc_timestamp
 from hubd.settings import HubSettings, LimitsSettings
 

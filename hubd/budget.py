@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hubd.core.history import ENTRY_OVERHEAD
-from hubd.core.session import WRITE_BATCH
+from hubd.core.serving import WRITE_BATCH
 from hubd.settings import Settings
 
 # What the envelope adds to an event's own JSON (id, timestamp, key names): at most this.

@@ -51,17 +51,7 @@ class HubCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
-        info = GaugeMetricFamily("hubd_build_info", "hubd version", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
-        yield GaugeMetricFamily(
-            "hubd_uptime_seconds",
-            "Seconds since the hub started",
-            value=trio.current_time() - hub.started_at,
-        )
-        yield GaugeMetricFamily(
-            "hubd_draining", "1 while the server is shutting down", value=int(hub.draining)
-        )
+        yield from _process_metrics(hub)
         if self.backplane is not None:
             yield GaugeMetricFamily(
                 "hubd_backplane_up",
@@ -71,98 +61,129 @@ class HubCollector(Collector):
             yield from _lag_metrics(self.backplane, hub)
         if self.history is not None:
             yield from _history_metrics(self.history)
+        yield from _connection_metrics(hub)
+        yield from _event_metrics(hub)
+        yield from _frame_metrics(hub)
+        yield from _http_metrics(self.http)
 
-        yield GaugeMetricFamily(
-            "hubd_connections_open", "Open subscriber connections", value=len(hub.sessions)
-        )
-        by_channel = GaugeMetricFamily(
-            "hubd_channel_subscribers",
-            "Open connections subscribed to each channel",
-            labels=["channel"],
-        )
-        for channel, count in sorted(hub.subscriber_counts().items()):
-            by_channel.add_metric([channel], count)
-        yield by_channel
 
-        yield CounterMetricFamily(
-            "hubd_connections_accepted",
-            "Subscriber connections accepted",
-            value=hub.accepted,
-        )
-        rejected = CounterMetricFamily(
-            "hubd_connections_rejected",
-            "Subscriber connections refused before the upgrade, by HTTP status",
-            labels=["status"],
-        )
-        for status, count in sorted(hub.rejected.items()):
-            rejected.add_metric([str(status)], count)
-        yield rejected
-        closed = CounterMetricFamily(
-            "hubd_connections_closed",
-            "Subscriber connections ended, by close code ('peer': the client closed or left)",
-            labels=["code"],
-        )
-        for code, count in sorted(hub.closed.items()):
-            closed.add_metric([code], count)
-        yield closed
+def _process_metrics(hub: Hub) -> Iterator[Metric]:
+    """The build, and how long the hub has been up and whether it is stopping."""
+    info = GaugeMetricFamily("hubd_build_info", "hubd version", labels=["version"])
+    info.add_metric([__version__], 1)
+    yield info
+    yield GaugeMetricFamily(
+        "hubd_uptime_seconds",
+        "Seconds since the hub started",
+        value=trio.current_time() - hub.started_at,
+    )
+    yield GaugeMetricFamily(
+        "hubd_draining", "1 while the server is shutting down", value=int(hub.draining)
+    )
 
-        channels = sorted(hub.channels)
-        for name, help_text, counts in (
-            ("hubd_events_published", "Events accepted for publishing", hub.published),
-            (
-                "hubd_events_delivered",
-                "Events handed to subscribers (per subscriber)",
-                hub.delivered,
-            ),
-            (
-                "hubd_events_dropped",
-                "Frames accepted for a subscriber but never written (overflow, close)",
-                hub.dropped_by_channel,
-            ),
-        ):
-            family = CounterMetricFamily(name, help_text, labels=["channel"])
-            for channel in channels:
-                family.add_metric([channel], counts[channel])
-            yield family
 
-        depths = [len(s.mailbox) for s in hub.sessions.values()]
-        yield GaugeMetricFamily(
-            "hubd_queue_depth", "Frames queued for all subscribers together", value=sum(depths)
-        )
-        yield GaugeMetricFamily(
-            "hubd_queue_depth_max",
-            "Frames queued for the most backed-up subscriber",
-            value=max(depths, default=0),
-        )
+def _connection_metrics(hub: Hub) -> Iterator[Metric]:
+    """Subscriber connections open (in all and per channel), accepted, refused, closed."""
+    yield GaugeMetricFamily(
+        "hubd_connections_open", "Open subscriber connections", value=len(hub.sessions)
+    )
+    by_channel = GaugeMetricFamily(
+        "hubd_channel_subscribers",
+        "Open connections subscribed to each channel",
+        labels=["channel"],
+    )
+    for channel, count in sorted(hub.subscriber_counts().items()):
+        by_channel.add_metric([channel], count)
+    yield by_channel
 
-        latency = hub.latency
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*BUCKETS, float("inf")), latency.counts, strict=True):
-            running += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        yield HistogramMetricFamily(
-            "hubd_delivery_latency_seconds",
-            "Time from a publish being accepted to its frame being written, per delivery",
-            buckets=buckets,
-            sum_value=latency.sum,
-        )
+    yield CounterMetricFamily(
+        "hubd_connections_accepted",
+        "Subscriber connections accepted",
+        value=hub.accepted,
+    )
+    rejected = CounterMetricFamily(
+        "hubd_connections_rejected",
+        "Subscriber connections refused before the upgrade, by HTTP status",
+        labels=["status"],
+    )
+    for status, count in sorted(hub.rejected.items()):
+        rejected.add_metric([str(status)], count)
+    yield rejected
+    closed = CounterMetricFamily(
+        "hubd_connections_closed",
+        "Subscriber connections ended, by close code ('peer': the client closed or left)",
+        labels=["code"],
+    )
+    for code, count in sorted(hub.closed.items()):
+        closed.add_metric([code], count)
+    yield closed
 
-        yield CounterMetricFamily(
-            "hubd_frames_received", "Frames received from subscribers", value=hub.frames_in
-        )
-        yield CounterMetricFamily(
-            "hubd_frame_errors",
-            "Subscriber frames refused (error event sent, or 1009 close)",
-            value=hub.frame_errors,
-        )
 
-        requests = CounterMetricFamily(
-            "hubd_http_requests", "HTTP requests answered", labels=["route", "status"]
-        )
-        for (route, status), count in sorted(self.http.counts.items()):
-            requests.add_metric([route, str(status)], count)
-        yield requests
+def _event_metrics(hub: Hub) -> Iterator[Metric]:
+    """Events per channel, what waits in the queues, and the delivery latency."""
+    channels = sorted(hub.channels)
+    for name, help_text, counts in (
+        ("hubd_events_published", "Events accepted for publishing", hub.published),
+        (
+            "hubd_events_delivered",
+            "Events handed to subscribers (per subscriber)",
+            hub.delivered,
+        ),
+        (
+            "hubd_events_dropped",
+            "Frames accepted for a subscriber but never written (overflow, close)",
+            hub.dropped_by_channel,
+        ),
+    ):
+        family = CounterMetricFamily(name, help_text, labels=["channel"])
+        for channel in channels:
+            family.add_metric([channel], counts[channel])
+        yield family
+
+    depths = [len(s.mailbox) for s in hub.sessions.values()]
+    yield GaugeMetricFamily(
+        "hubd_queue_depth", "Frames queued for all subscribers together", value=sum(depths)
+    )
+    yield GaugeMetricFamily(
+        "hubd_queue_depth_max",
+        "Frames queued for the most backed-up subscriber",
+        value=max(depths, default=0),
+    )
+
+    latency = hub.latency
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, n in zip((*BUCKETS, float("inf")), latency.counts, strict=True):
+        running += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+    yield HistogramMetricFamily(
+        "hubd_delivery_latency_seconds",
+        "Time from a publish being accepted to its frame being written, per delivery",
+        buckets=buckets,
+        sum_value=latency.sum,
+    )
+
+
+def _frame_metrics(hub: Hub) -> Iterator[Metric]:
+    """Frames subscribers sent, and how many were refused."""
+    yield CounterMetricFamily(
+        "hubd_frames_received", "Frames received from subscribers", value=hub.frames_in
+    )
+    yield CounterMetricFamily(
+        "hubd_frame_errors",
+        "Subscriber frames refused (error event sent, or 1009 close)",
+        value=hub.frame_errors,
+    )
+
+
+def _http_metrics(http: HttpCounts) -> Iterator[Metric]:
+    """HTTP requests answered, by route and status."""
+    requests = CounterMetricFamily(
+        "hubd_http_requests", "HTTP requests answered", labels=["route", "status"]
+    )
+    for (route, status), count in sorted(http.counts.items()):
+        requests.add_metric([route, str(status)], count)
+    yield requests
 
 
 def _history_metrics(store: HistoryStore) -> Iterator[Metric]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from hubd.core.auth import Authenticator
+from hubd.core.reconfigure import revoke
 from hubd.settings import Settings
 from hubd.web.context import WebContext
 
@@ -85,5 +86,5 @@ def apply(ctx: WebContext, new: Settings) -> ReloadReport:
     # limits.client_ip_header and limits.ipv6_prefix are read from ctx.settings on each
     # handshake; open connections keep the identity they were admitted under.
     ctx.trusted_proxies = new.limits.trusted_networks
-    report.revoked, report.narrowed = ctx.hub.revoke(lambda p: auth.find(p.kind, p.digest))
+    report.revoked, report.narrowed = revoke(ctx.hub, lambda p: auth.find(p.kind, p.digest))
     return report

@@ -1,6 +1,7 @@
-"""The composition root: builds the hub, the authenticator, metrics and the web app, serves
-them with Hypercorn's trio worker, tells systemd how it is doing, reloads on SIGHUP and
-drains on SIGTERM/SIGINT. The only module that wires everything together."""
+"""The composition root: builds the hub, the authenticator, metrics and the web app, binds
+the sockets, serves them with Hypercorn's protocol code under hubd's own worker
+(`hubd.web.seam`), tells systemd how it is doing, reloads on SIGHUP and drains on
+SIGTERM/SIGINT (`hubd.lifecycle`). The only module that wires everything together."""
 
 from __future__ import annotations
 
@@ -9,32 +10,27 @@ import os
 import signal
 import socket
 import ssl
-import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 
-from hubd import __version__, reload, sdnotify
+from hubd import __version__, sdnotify
 from hubd.backplane import Backplane, MemoryBackplane
 from hubd.core.auth import Authenticator
 from hubd.core.history_store import HistoryStore, StoreUnusable
-from hubd.core.hub import CLOSE_GOING_AWAY, Hub
-from hubd.logs import configure as configure_logging
+from hubd.core.hub import Hub
+from hubd.lifecycle import drain_for_shutdown, reload_config, watch_signals, watchdog
 from hubd.logs import event
 from hubd.metrics import Metrics
-from hubd.settings import ConfigError, Settings, load_settings, parse_listen
+from hubd.settings import ConfigError, Settings, parse_listen
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext
-from hubd.web.fastpath import expected_write_path
-from hubd.web.server import ServeOptions, serve
+from hubd.web.seam.direct_write import expected_write_path
+from hubd.web.seam.worker import serve
+from hubd.web.server_config import BACKLOG, hypercorn_config, serve_options
 
 log = logging.getLogger("hubd")
-
-
-BACKLOG = 1024
 
 
 class ListenError(Exception):
@@ -174,43 +170,6 @@ def open_all(settings: Settings) -> Listeners:
     return Listeners(main, metrics, activated=bool(activated))
 
 
-def hypercorn_config(settings: Settings, listeners: Listeners) -> HypercornConfig:
-    """Hypercorn silently accepts misspelled attributes, so it is configured here only,
-    attribute by attribute, from validated settings.
-
-    It serves the already-bound sockets, each handed over as a duplicate descriptor
-    that Hypercorn owns and closes. With TLS the main sockets serve https/wss and the
-    metrics socket stays plain HTTP."""
-    config = HypercornConfig()
-    main = [f"fd://{os.dup(sock.fileno())}" for sock in listeners.main]
-    extra = [f"fd://{os.dup(listeners.metrics.fileno())}"] if listeners.metrics else []
-    if settings.server.tls:
-        config.certfile = settings.server.tls_cert
-        config.keyfile = settings.server.tls_key
-        config.bind = main
-        config.insecure_bind = extra
-    else:
-        config.bind = main + extra
-    config.backlog = BACKLOG
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    # Our own drain closes WebSockets with 1001 first; this only bounds the rest.
-    config.graceful_timeout = _server_grace(settings.server.shutdown_timeout)
-    # Text frames are measured in characters here; hubd checks UTF-8 bytes itself and
-    # closes with 1009 (any frame over 4x the byte limit in characters is over it in bytes).
-    config.websocket_max_message_size = settings.hub.max_message_bytes * 4
-    config.h11_max_incomplete_size = settings.server.max_header_bytes
-    config.keep_alive_timeout = 75.0
-    config.include_server_header = False
-    return config
-
-
-def serve_options(settings: Settings) -> ServeOptions:
-    """The limits hubd's server adds to Hypercorn's (see `hubd.web.server`)."""
-    server = settings.server
-    return ServeOptions(server.handshake_timeout, server.max_header_bytes, server.http2)
-
-
 def build_app(settings: Settings) -> tuple[WebContext, HubdApp]:
     """The hub, its backplane, the authenticator, metrics (when enabled) and the ASGI app,
     wired together; nothing runs yet and nothing is bound. `run` serves what this builds
@@ -251,75 +210,118 @@ async def run(
         ctx, app = build_app(settings)
         hub, backplane = ctx.hub, ctx.backplane
         shutdown = trio.Event()
-        stop_server = trio.Event()
-        event(
-            log,
-            logging.INFO,
-            "starting",
-            version=__version__,
-            config=config_path,
-            listen=[_address(s) for s in listeners.main],
-            activated=listeners.activated,
-            tls=settings.server.tls,
-            backplane=settings.backplane.kind,
-            metrics=_address(listeners.metrics) if listeners.metrics else None,
-            history=settings.hub.history_path or None,
-            write=expected_write_path(settings.server.tls, settings.hub.compression),
-        )
+        _log_starting(settings, config_path, listeners)
         try:
             store = await open_history(settings, hub)
         except ConfigError:
             listeners.close()
             raise
-        reloader = partial(_reload, ctx, config_path, notifier, log_handler)
+        reloader = partial(reload_config, ctx, config_path, notifier, log_handler)
         async with trio.open_nursery() as outer:
-            outer.start_soon(_watch_signals, signals, shutdown, reloader)
+            outer.start_soon(watch_signals, signals, shutdown, reloader)
             await outer.start(backplane.run)
             if store is not None:
                 if ctx.metrics is not None:
                     ctx.metrics.watch_history(store)
                 await outer.start(store.run)
-            async with trio.open_nursery() as server:
-                binds: list[str] = await server.start(
-                    partial(
-                        serve,
-                        app,
-                        hypercorn_config(settings, listeners),
-                        serve_options(settings),
-                        shutdown_trigger=stop_server.wait,
-                    )
-                )
-                if listeners.metrics is not None:
-                    host, port = listeners.metrics.getsockname()[:2]
-                    ctx.metrics_address = (host, port)
-                listeners.close()  # Hypercorn serves its own duplicates
-                ctx.ready = True
-                event(log, logging.INFO, "ready", listening=binds)
-                notifier.notify("READY=1", f"STATUS=serving on {' '.join(binds)}")
-                interval = sdnotify.watchdog_interval()
-                if interval is not None:
-                    outer.start_soon(_watchdog, notifier, interval)
-                task_status.started(binds)
-                await shutdown.wait()
-                ctx.ready = False
-                notifier.notify("STOPPING=1", "STATUS=draining")
-                timeout = ctx.settings.server.shutdown_timeout
-                deadline = trio.current_time() + timeout
-                trio.lowlevel.spawn_system_task(_exit_at, deadline, hub)
-                await drain(hub, deadline - _server_grace(timeout))
-                stop_server.set()
-            with trio.move_on_after(2) as release_scope:
-                release_scope.shield = True
-                await backplane.aclose()  # frees this node's client IPs at once
-            if store is not None:
-                # Drained: nothing more can be published, so the last seq is final. If this
-                # does not finish before _exit_at, the file stays "running" and the next
-                # start treats the stop as unclean (honest, just less complete).
-                with trio.CancelScope(deadline=deadline, shield=True):
-                    await store.close()
+            deadline = await _serve_until_drained(
+                settings,
+                ctx,
+                app,
+                listeners,
+                notifier=notifier,
+                shutdown=shutdown,
+                nursery=outer,
+                task_status=task_status,
+            )
+            await _release(backplane, store, deadline)
             outer.cancel_scope.cancel()
         event(log, logging.INFO, "stopped")
         notifier.close()
+
+
+def _log_starting(settings: Settings, config_path: str, listeners: Listeners) -> None:
+    """The `starting` line: what this process is about to serve, and how."""
+    event(
+        log,
+        logging.INFO,
+        "starting",
+        version=__version__,
+        config=config_path,
+        listen=[_address(s) for s in listeners.main],
+        activated=listeners.activated,
+        tls=settings.server.tls,
+        backplane=settings.backplane.kind,
+        metrics=_address(listeners.metrics) if listeners.metrics else None,
+        history=settings.hub.history_path or None,
+        write=expected_write_path(settings.server.tls, settings.hub.compression),
+    )
+
+
+async def _serve_until_drained(
+    settings: Settings,
+    ctx: WebContext,
+    app: HubdApp,
+    listeners: Listeners,
+    *,
+    notifier: sdnotify.Notifier,
+    shutdown: trio.Event,
+    nursery: trio.Nursery,
+    task_status: trio.TaskStatus[list[str]],
+) -> float:
+    """Serve `app` on `listeners` (reporting the bound addresses through `task_status`)
+    until `shutdown` is set, then drain the hub and stop the server. Returns the trio
+    time at which the process exits whatever is left (`hubd.lifecycle.exit_at`)."""
+    stop_server = trio.Event()
+    async with trio.open_nursery() as server:
+        binds: list[str] = await server.start(
+            partial(
+                serve,
+                app,
+                hypercorn_config(settings, listeners.main, listeners.metrics),
+                serve_options(settings),
+                shutdown_trigger=stop_server.wait,
+            )
+        )
+        _mark_ready(ctx, listeners, notifier, binds, nursery)
+        task_status.started(binds)
+        await shutdown.wait()
+        deadline = await drain_for_shutdown(ctx, notifier)
+        stop_server.set()
+    return deadline
+
+
+def _mark_ready(
+    ctx: WebContext,
+    listeners: Listeners,
+    notifier: sdnotify.Notifier,
+    binds: list[str],
+    nursery: trio.Nursery,
+) -> None:
+    """The server accepts on `binds`: take requests, tell systemd, start the watchdog."""
+    if listeners.metrics is not None:
+        host, port = listeners.metrics.getsockname()[:2]
+        ctx.metrics_address = (host, port)
+    listeners.close()  # Hypercorn serves its own duplicates
+    ctx.ready = True
+    event(log, logging.INFO, "ready", listening=binds)
+    notifier.notify("READY=1", f"STATUS=serving on {' '.join(binds)}")
+    interval = sdnotify.watchdog_interval()
+    if interval is not None:
+        nursery.start_soon(watchdog, notifier, interval)
+
+
+async def _release(backplane: Backplane, store: HistoryStore | None, deadline: float) -> None:
+    """After the server stopped: leave the backplane and write the history out."""
+    with trio.move_on_after(2) as release_scope:
+        release_scope.shield = True
+        await backplane.aclose()  # frees this node's client IPs at once
+    if store is not None:
+        # Drained: nothing more can be published, so the last seq is final. If this
+        # does not finish before exit_at, the file stays "running" and the next
+        # start treats the stop as unclean (honest, just less complete).
+        with trio.CancelScope(deadline=deadline, shield=True):
+            await store.close()
 
 
 def make_backplane(settings: Settings, hub: Hub) -> Backplane:
@@ -334,88 +336,3 @@ def make_backplane(settings: Settings, hub: Hub) -> Backplane:
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-async def _watchdog(notifier: sdnotify.Notifier, interval: float) -> None:
-    """WATCHDOG=1 every `interval` seconds. It runs in the event loop with every
-    connection, so a loop that stops scheduling (blocked, stuck) stops the pings and
-    systemd restarts hubd."""
-    while True:
-        notifier.notify("WATCHDOG=1")
-        await trio.sleep(interval)
-
-
-def _reload(
-    ctx: WebContext,
-    config_path: str,
-    notifier: sdnotify.Notifier,
-    log_handler: logging.Handler | None,
-) -> None:
-    """Re-read the configuration and apply it; an invalid file changes nothing."""
-    notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-    try:
-        new = load_settings(config_path)
-    except ConfigError as exc:
-        log.error("reload rejected, the running configuration stays: %s: %s", config_path, exc)
-        notifier.notify("READY=1", "STATUS=reload rejected: see the log")
-        return
-    report = reload.apply(ctx, new)
-    if log_handler is not None:
-        configure_logging(log_handler, new.log.level, new.log.format)
-    event(
-        log,
-        logging.INFO,
-        "reloaded",
-        config=config_path,
-        credentials=len(new.auth.tokens) + len(new.auth.api_keys),
-        revoked=report.revoked,
-        narrowed=report.narrowed,
-    )
-    for item in report.kept:
-        log.warning("reload: %s", item)
-    notifier.notify("READY=1", "STATUS=serving (configuration reloaded)")
-
-
-def _server_grace(shutdown_timeout: float) -> float:
-    """The part of the shutdown budget kept for Hypercorn to close its own sockets."""
-    return min(1.0, shutdown_timeout / 4)
-
-
-async def _watch_signals(
-    signals: AsyncIterator[int], shutdown: trio.Event, reload_config: Callable[[], None]
-) -> None:
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            if shutdown.is_set():
-                log.info("SIGHUP ignored: draining")
-            else:
-                reload_config()
-        elif shutdown.is_set():
-            log.info("%s ignored: already draining", name)
-        else:
-            event(log, logging.INFO, "draining", signal=name)
-            shutdown.set()
-
-
-async def _exit_at(deadline: float, hub: Hub) -> None:
-    """Last resort: a peer that never reads can hold a send open (Hypercorn shields it),
-    so when the shutdown budget is spent the process exits anyway."""
-    await trio.sleep_until(deadline)
-    log.warning(
-        "stopped: shutdown_timeout reached with %d connection(s) not closed cleanly",
-        len(hub.sessions),
-    )
-    logging.shutdown()
-    os._exit(0)
-
-
-async def drain(hub: Hub, until: float) -> None:
-    """Refuse new work and ask every connection to close with 1001; wait until they have
-    or until the trio time `until`."""
-    hub.draining = True
-    hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
-    with trio.move_on_at(until) as scope:
-        await hub.wait_empty()
-    if scope.cancelled_caught:
-        log.warning("drain: %d connection(s) still open at the deadline", len(hub.sessions))

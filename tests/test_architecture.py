@@ -12,6 +12,8 @@ count too):
 - hubd.web imports neither hubd.service nor hubd.cli, no redis client, and not
   hubd.backplane.redis (it may import hubd.backplane).
 - Only hubd/__main__.py imports hubd.cli.
+- Every module belongs to a layer of `LAYERS` and imports from hubd only the layers that
+  table lists for it: one-way arrows, checked to form no cycle.
 - hubd.client (the client library) and hubd.hubctl import from hubd only hubd.client,
   hubd.hubctl, hubd.protocol (the wire format, pure: shared with the server) and the
   package itself (its version): no server code, no web stack, no redis client, so a
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from hubd.protocol.notices import VOCABULARY
@@ -201,6 +203,122 @@ def test_web_imports_neither_service_nor_cli_nor_redis() -> None:
         )
         == []
     )
+
+
+# -- the layers: one-way arrows (docs/design.md, "Layers") ---------------------------------
+
+# Every module of hubd belongs to the longest entry that prefixes its name, and may import
+# from hubd only its own layer, the layers listed here, and the package root (its
+# version). The arrows form no cycle, so each layer can be read, tested and replaced
+# knowing only what is below it.
+LAYERS: dict[str, frozenset[str]] = {
+    "hubd.protocol": frozenset(),
+    "hubd.settings": frozenset({"hubd.protocol"}),
+    "hubd.logs": frozenset(),
+    "hubd.tasks": frozenset(),
+    "hubd.sdnotify": frozenset(),
+    "hubd.core": frozenset({"hubd.protocol", "hubd.settings", "hubd.logs"}),
+    "hubd.backplane": frozenset({"hubd.core", "hubd.protocol", "hubd.settings", "hubd.logs"}),
+    "hubd.budget": frozenset({"hubd.core", "hubd.settings"}),
+    "hubd.metrics": frozenset({"hubd.core", "hubd.backplane"}),
+    "hubd.web": frozenset(
+        {
+            "hubd.core",
+            "hubd.backplane",
+            "hubd.protocol",
+            "hubd.settings",
+            "hubd.logs",
+            "hubd.metrics",
+            "hubd.tasks",
+        }
+    ),
+    "hubd.reload": frozenset({"hubd.core", "hubd.settings", "hubd.web"}),
+    "hubd.lifecycle": frozenset(
+        {"hubd.reload", "hubd.sdnotify", "hubd.core", "hubd.logs", "hubd.settings", "hubd.web"}
+    ),
+    "hubd.service": frozenset(
+        {
+            "hubd.lifecycle",
+            "hubd.reload",
+            "hubd.web",
+            "hubd.metrics",
+            "hubd.backplane",
+            "hubd.core",
+            "hubd.protocol",
+            "hubd.settings",
+            "hubd.logs",
+            "hubd.sdnotify",
+            "hubd.tasks",
+        }
+    ),
+    "hubd.cli": frozenset(
+        {"hubd.service", "hubd.budget", "hubd.core", "hubd.logs", "hubd.sdnotify", "hubd.settings"}
+    ),
+    "hubd.__main__": frozenset({"hubd.cli"}),
+    # The client library and its command line: the wire format only, never the daemon.
+    "hubd.client": frozenset({"hubd.protocol"}),
+    "hubd.hubctl": frozenset({"hubd.client", "hubd.protocol"}),
+}
+
+
+def layer_of(module: str) -> str | None:
+    """The longest LAYERS entry that is `module` or a package above it."""
+    found = [layer for layer in LAYERS if within(module, (layer,))]
+    return max(found, key=len) if found else None
+
+
+def test_every_module_is_in_a_layer() -> None:
+    assert [name for name, _, _ in modules() if name != "hubd" and layer_of(name) is None] == []
+
+
+def test_the_layers_form_no_cycle() -> None:
+    done: set[str] = set()
+
+    def visit(layer: str, path: tuple[str, ...]) -> None:
+        assert layer not in path, " -> ".join((*path, layer))
+        if layer not in done:
+            for below in LAYERS[layer]:
+                visit(below, (*path, layer))
+            done.add(layer)
+
+    for layer in LAYERS:
+        visit(layer, ())
+
+
+def layer_violations(found: Iterable[tuple[str, Path, set[str]]]) -> list[str]:
+    """Each import of a hubd module from a layer that LAYERS does not list for the
+    importing module's own layer."""
+    wrong = []
+    for module, path, names in found:
+        own = layer_of(module)
+        if own is None:
+            continue
+        for name in sorted(names):
+            if not within(name, ("hubd",)) or name in ("hubd", "hubd.__version__"):
+                continue
+            target = layer_of(name)
+            if target is not None and target != own and target not in LAYERS[own]:
+                wrong.append(f"{path} ({own}) imports {name}")
+    return wrong
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    assert layer_violations(modules()) == []
+
+
+def test_the_layer_check_sees_a_wrong_arrow() -> None:
+    """What the rule must refuse: the web layer reaching up to reload (a cycle), the core
+    reaching the web layer, a client importing the daemon."""
+    fake = [
+        ("hubd.web.lifecycle", Path("web/lifecycle.py"), {"hubd.reload", "hubd.core.hub"}),
+        ("hubd.core.hub", Path("core/hub.py"), {"hubd.web.ws.serve", "hubd"}),
+        ("hubd.client.api", Path("client/api.py"), {"hubd.core.session", "hubd.protocol"}),
+    ]
+    assert layer_violations(fake) == [
+        "web/lifecycle.py (hubd.web) imports hubd.reload",
+        "core/hub.py (hubd.core) imports hubd.web.ws.serve",
+        "client/api.py (hubd.client) imports hubd.core.session",
+    ]
 
 
 # -- a backplane changes the hub only through its methods ----------------------------------

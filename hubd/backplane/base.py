@@ -12,10 +12,11 @@ from typing import Protocol
 
 import trio
 
+from hubd.core.admission import check_since
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
 from hubd.core.history import Replay
-from hubd.core.hub import Hub, Session, UnsubscribeResult, check_since
+from hubd.core.hub import Hub
 from hubd.core.publishing import (
     Checked,
     PublishResult,
@@ -24,6 +25,8 @@ from hubd.core.publishing import (
     decode_request,
     publish_request,
 )
+from hubd.core.session import Session
+from hubd.core.unsubscribe import UnsubscribeResult
 
 
 async def publish_through(

@@ -8,8 +8,10 @@ import trio
 
 from hubd.core.auth import Principal
 from hubd.core.history import Replay
-from hubd.core.hub import Hub, Session, UnsubscribeResult
+from hubd.core.hub import Hub
 from hubd.core.publishing import Checked, RemoteClient, publish_checked
+from hubd.core.session import Session
+from hubd.core.unsubscribe import UnsubscribeResult, unsubscribe
 
 
 class MemoryBackplane:
@@ -52,7 +54,7 @@ class MemoryBackplane:
     async def unsubscribe(
         self, principal: Principal, client_id: str, channels: list[str]
     ) -> UnsubscribeResult:
-        return self.hub.unsubscribe(principal, client_id, channels)
+        return unsubscribe(self.hub, principal, client_id, channels)
 
     async def aclose(self) -> None:
         pass

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import WebSocketConnection
 
 from hubd import __version__
 from hubd.client.connection import DEFAULT_MAX_MESSAGE, describe_failure, open_websocket, unwrap
@@ -32,8 +32,7 @@ from hubd.client.models import (
     convert,
 )
 from hubd.client.subscription import NoticeCallback, Subscription
-from hubd.protocol.channels import SYSTEM
-from hubd.protocol.notices import CLIENT_ID
+from hubd.client.whoami import ask_client_id
 
 # hubd refuses larger batches (400 batch_too_large).
 MAX_BATCH = 1000
@@ -328,25 +327,7 @@ class HubClient:
         the admin role, see `WhoAmI`). Needs `system` in the credential's allow-list, and
         no other subscriber connection from this client IP (409 otherwise)."""
         async with self._dial({"event_types": "system"}) as ws:
-            with _deadline(self.timeout, "the client-id reply"):
-                confirmation = await _next_envelope(ws)
-                body = confirmation.get("body")
-                listed = body.get("subscriptions") if isinstance(body, dict) else None
-                subscriptions = tuple(
-                    c for c in (listed if isinstance(listed, list) else ()) if isinstance(c, str)
-                )
-                await ws.send_message(
-                    json.dumps({"event_type": SYSTEM, "message": CLIENT_ID, "id": "whoami"})
-                )
-                while True:
-                    reply = await _next_envelope(ws)
-                    if reply.get("ref_id") != "whoami":
-                        continue  # an event for `global` that came first
-                    body = reply.get("body")
-                    if reply.get("message") != CLIENT_ID or not isinstance(body, dict):
-                        raise ProtocolError(f"client-id request refused: {body!r}")
-                    client_id = str(body.get(CLIENT_ID))
-                    break
+            client_id, subscriptions = await ask_client_id(ws, self.timeout)
             principal = ip = None
             try:
                 for info in await self.clients():
@@ -384,28 +365,3 @@ def _requests(
         parts.append(part)
     if parts:
         yield parts
-
-
-@contextmanager
-def _deadline(seconds: float, what: str) -> Iterator[None]:
-    try:
-        with trio.fail_after(seconds):
-            yield
-    except trio.TooSlowError:
-        raise NetworkError(f"no answer within {seconds:g} s waiting for {what}") from None
-
-
-async def _next_envelope(ws: WebSocketConnection) -> dict[str, Any]:
-    """The next frame of a connection in the default mode (one envelope per frame)."""
-    try:
-        message = await ws.get_message()
-    except ConnectionClosed as exc:
-        raise NetworkError(f"the connection closed: {exc.reason}") from None
-    text = message if isinstance(message, str) else message.decode(errors="replace")
-    try:
-        envelope = json.loads(text)
-    except ValueError:
-        envelope = None
-    if not isinstance(envelope, dict):
-        raise ProtocolError(f"unexpected frame {text[:200]!r}")
-    return envelope

@@ -11,7 +11,6 @@ policy) absorbs the rest, as for any other subscriber.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -21,8 +20,9 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from hubd.client import frames
 from hubd.client.backoff import Backoff
-from hubd.client.connection import last_received, refused_as_too_big
+from hubd.client.connection import refused_as_too_big
 from hubd.client.errors import (
     ClientError,
     ConflictError,
@@ -44,18 +44,12 @@ from hubd.client.models import (
 )
 from hubd.protocol import notices
 from hubd.protocol.channels import GLOBAL, HEALTH, SYSTEM
-from hubd.protocol.notices import CONFIRMATION
 
 log = logging.getLogger("hubd.client")
 # A library does not print: without logging configured, its warnings stay silent instead
 # of reaching stderr through logging's last-resort handler.
 log.addHandler(logging.NullHandler())
 
-# `global` frames addressed to this connection that are the server's notices, not
-# published events (an admin may also publish to `global`, targeted or not).
-_NOTICES = notices.NOTICES
-# Ids of our heartbeat pings, to recognise the replies to them.
-_PING_PREFIX = "hubd-client-ping-"
 # Seconds given to the close handshake when the subscription ends.
 CLOSE_TIMEOUT = 5.0
 # A connection that stayed up this long resets the backoff to its shortest delays.
@@ -76,10 +70,6 @@ class _Ended:
     reason: str
     # Set when reconnecting cannot help: the subscription ends with it.
     fatal: ClientError | None = None
-
-
-class _Dead(Exception):
-    """No frame from the server for too long although we ping it: a dead connection."""
 
 
 def normalize_channels(channels: str | Iterable[str], heartbeat: bool) -> list[str]:
@@ -317,12 +307,12 @@ class Subscription:
             query["batch"] = "1"
         async with self._dial(query) as ws:
             try:
-                confirmation, rest = await self._confirmation(ws)
+                confirmation, rest = await frames.read_confirmation(ws, self._timeout)
                 self._ws = ws
                 self._admitted_at = trio.current_time()
                 body = confirmation["body"]
                 self.client_id = str(body["client_id"])
-                self.subscriptions = _names(body.get("subscriptions")) or ()
+                self.subscriptions = frames.names(body.get("subscriptions")) or ()
                 if self._first.is_set():
                     self.reconnects += 1
                 self._first.set()
@@ -330,7 +320,7 @@ class Subscription:
                     # Pings first: handing over the notices below waits for the consumer,
                     # which may be busy for longer than the server's idle timeout.
                     if self._heartbeat is not None:
-                        nursery.start_soon(self._pinger, ws, self._heartbeat)
+                        nursery.start_soon(frames.send_pings, ws, self._heartbeat)
                     await self._send.send(
                         Connected(self.client_id, self.subscriptions, resume_from, self.reconnects)
                     )
@@ -345,29 +335,6 @@ class Subscription:
             finally:
                 self._ws = None
 
-    async def _confirmation(
-        self, ws: WebSocketConnection
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The confirmation frame, and whatever shared its text frame (batch mode)."""
-        try:
-            with trio.fail_after(self._timeout):
-                message = await ws.get_message()
-        except trio.TooSlowError:
-            raise NetworkError("no confirmation frame after the upgrade") from None
-        except ConnectionClosed as exc:
-            raise NetworkError(f"closed before the confirmation: {_close_text(exc)}") from None
-        text = message if isinstance(message, str) else message.decode(errors="replace")
-        envelopes = _lines(text)
-        first = envelopes[0] if envelopes else {}
-        body = first.get("body")
-        if (
-            first.get("message") != CONFIRMATION
-            or not isinstance(body, dict)
-            or ("client_id" not in body)
-        ):
-            raise ProtocolError(f"expected the confirmation frame, got {text[:200]!r}")
-        return first, envelopes[1:]
-
     async def _read(
         self, ws: WebSocketConnection, resume_from: str | None, pending: list[dict[str, Any]]
     ) -> _Ended:
@@ -376,7 +343,7 @@ class Subscription:
             for envelope in pending:
                 replaying = await self._dispatch(envelope, replaying, resume_from)
             try:
-                pending = _lines(await self._next_frame(ws))
+                pending = frames.envelopes(await frames.next_frame(ws, self._dead_after))
             except ConnectionClosed as exc:
                 reason = exc.reason
                 if reason is None:
@@ -389,68 +356,26 @@ class Subscription:
                     )
                     return _Ended(reason.code, reason.reason or "", fatal=error)
                 return _Ended(reason.code, reason.reason or "")
-            except _Dead:
+            except frames.Dead:
                 return _Ended(1006, f"nothing from the server for {self._dead_after:g} s")
-
-    async def _next_frame(self, ws: WebSocketConnection) -> str:
-        """The next text frame; `_Dead` when no byte came for `dead_after` seconds while
-        waiting (a slow consumer does not make a connection dead, nor does a large frame
-        that is still arriving)."""
-        dead_after = self._dead_after
-        if dead_after is None:
-            message = await ws.get_message()
-        else:
-            since = trio.current_time()
-            while True:
-                alive_at = max(since, last_received(ws) or since)
-                with trio.move_on_at(alive_at + dead_after) as scope:
-                    message = await ws.get_message()
-                if not scope.cancelled_caught:
-                    break
-                if (last_received(ws) or since) <= alive_at:
-                    raise _Dead
-        return message if isinstance(message, str) else message.decode(errors="replace")
 
     async def _dispatch(
         self, envelope: dict[str, Any], replaying: bool, resume_from: str | None
     ) -> bool:
         """Hand one server frame to the consumer; return whether a replay is under way."""
-        channel = envelope.get("event_type")
-        message = envelope.get("message")
-        if channel in (HEALTH, SYSTEM):
+        if envelope.get("event_type") in (HEALTH, SYSTEM):
             return replaying  # pong and client-id replies: liveness only
-        if channel == GLOBAL and "client_id" in envelope and message in _NOTICES:
-            body = envelope.get("body") if isinstance(envelope.get("body"), dict) else {}
-            assert isinstance(body, dict)
-            if message == notices.REPLAY_COMPLETE:
-                replayed = _count(body.get("replayed"))
-                after = resume_from or ""
-                if body.get("complete") is True:
-                    await self._send.send(Resumed(after, replayed))
-                else:
-                    await self._send.send(Gap("history_incomplete", resume_from, replayed))
-                return False
-            if message == notices.EVENTS_DROPPED:
-                dropped = _count(body.get("dropped"))
-                await self._send.send(Gap("dropped_by_server", self.last_event_id, dropped=dropped))
-            elif message == notices.UNSUBSCRIBED:
-                remaining = _names(body.get("subscriptions"))
-                if remaining is None:
-                    remaining = self.subscriptions  # unreadable: keep what we know
-                self.subscriptions = remaining
+        if frames.is_notice(envelope):
+            notice = frames.read_notice(
+                envelope, resume_from, self.last_event_id, self.subscriptions
+            )
+            if isinstance(notice, Unsubscribed):
+                self.subscriptions = notice.subscriptions
                 # A reconnect asks only for what is left.
-                self._channels = [c for c in self._channels if c in remaining]
-                removed = _names(body.get("unsubscribed")) or ()
-                await self._send.send(Unsubscribed(removed, remaining))
-            else:
-                ref = envelope.get("ref_id")
-                ref = ref if isinstance(ref, str) else None
-                # Once `health` was unsubscribed, each ping is answered with an error; the
-                # ping still counts against the idle timeout, so that is no news.
-                if ref is None or not ref.startswith(_PING_PREFIX):
-                    text = str(body.get("error", "")) or json.dumps(envelope)
-                    await self._send.send(FrameError(ref, text))
-            return replaying
+                self._channels = [c for c in self._channels if c in notice.subscriptions]
+            if notice is not None:
+                await self._send.send(notice)
+            return False if envelope.get("message") == notices.REPLAY_COMPLETE else replaying
         try:
             event = Event.from_envelope(envelope, replayed=replaying)
         except ProtocolError as exc:
@@ -459,66 +384,3 @@ class Subscription:
             return replaying
         await self._send.send(event)
         return replaying
-
-    async def _pinger(self, ws: WebSocketConnection, every: float) -> None:
-        """Count as alive for hubd's idle timeout (events it sends do not) and have it
-        answer, so that a dead connection shows as silence (see `_next_frame`)."""
-        sent = 0
-        while True:
-            await trio.sleep(every)
-            sent += 1
-            frame = json.dumps(
-                {"event_type": HEALTH, "message": notices.PING, "id": f"{_PING_PREFIX}{sent}"}
-            )
-            try:
-                await ws.send_message(frame)
-            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the reader sees the end too and decides what follows
-
-
-def _lines(text: str) -> list[dict[str, Any]]:
-    """The envelopes of one text frame: one, or several (batch mode) one per line.
-
-    Split on "\\n" only: hubd's JSON never holds a raw newline, whereas other line
-    separators (U+2028, ...) may appear raw inside strings."""
-    out: list[dict[str, Any]] = []
-    for line in text.split("\n"):
-        if not line.strip():
-            continue
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            log.warning("ignored a frame that is not JSON: %.200r", line)
-            continue
-        if isinstance(parsed, dict):
-            out.append(parsed)
-        else:
-            log.warning("ignored a frame that is not a JSON object: %.200r", line)
-    return out
-
-
-def _count(value: object) -> int:
-    """A count from a server notice; 0 when it is not a non-negative integer."""
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return max(value, 0)
-    if isinstance(value, float | str):
-        try:
-            return max(int(value), 0)
-        except (ValueError, OverflowError):
-            return 0
-    return 0
-
-
-def _names(value: object) -> tuple[str, ...] | None:
-    """Channel names from a server notice (items that are not strings left out); None
-    when it is not a list."""
-    if not isinstance(value, list):
-        return None
-    return tuple(c for c in value if isinstance(c, str))
-
-
-def _close_text(exc: ConnectionClosed) -> str:
-    reason = exc.reason
-    return describe_close(reason.code, reason.reason) if reason is not None else "1006"

@@ -8,21 +8,21 @@ from hubd.protocol.wsframe import text_frame
 class Frame:
     """One JSON text frame. `payload` is the UTF-8 JSON; `text` and `wire` (the WebSocket
     frame bytes) are derived on first use and cached, so every subscriber of an event
-    shares the same objects. `queued_at` is the trio time the hub accepted it (None for
+    shares the same objects. `accepted_at` is the trio time the hub accepted it (None for
     frames that are not published events, which the latency histogram skips). `channel`
     is the event_type it carries, for counting drops per channel (None: not an event)."""
 
-    __slots__ = ("_text", "_wire", "channel", "payload", "queued_at", "raw", "seq")
+    __slots__ = ("_text", "_wire", "accepted_at", "channel", "payload", "raw", "seq")
 
     def __init__(
         self,
         payload: bytes,
-        queued_at: float | None = None,
+        accepted_at: float | None = None,
         channel: str | None = None,
         seq: int = 0,
     ) -> None:
         self.payload = payload
-        self.queued_at = queued_at
+        self.accepted_at = accepted_at
         self.channel = channel
         # The event's publish position (0: not a published event).
         self.seq = seq

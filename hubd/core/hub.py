@@ -2,7 +2,8 @@
 
 Every method is a plain `def` and never blocks: a publish hands the encoded frame to each
 subscriber's bounded mailbox and returns. Sockets are written by each connection's own
-writer task (see `hubd.core.session`).
+writer task (see `hubd.core.serving`). The hub reads time only through the clock it is
+given (trio's by default).
 """
 
 from __future__ import annotations
@@ -10,186 +11,39 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
-import msgspec
 import trio
 
+from hubd.core import admission
 from hubd.core.auth import Principal
-from hubd.core.errors import HubError, too_many_channels
 from hubd.core.frame import Frame
-from hubd.core.history import EventIds, History, Replay, is_event_id, parse_id
+from hubd.core.history import EventIds, History, Replay, parse_id
 from hubd.core.latency import LatencyHistogram
 from hubd.core.mailbox import Mailbox, Overflow
+from hubd.core.reconfigure import restart_only
+from hubd.core.resume import Resumes, replay_complete, tell_missed
+from hubd.core.session import Delivery, Session
 from hubd.protocol import notices
-from hubd.protocol.channels import (
-    GLOBAL,
-    TooManyChannelsError,
-    UnknownChannelError,
-    normalize,
-    parse_event_types,
-)
+from hubd.protocol.channels import GLOBAL
 from hubd.protocol.envelope import utc_timestamp
-from hubd.protocol.quoting import quoted
 from hubd.settings import HubSettings, LimitsSettings
 
-CLOSE_GOING_AWAY = 1001
-# The client broke the WebSocket protocol (sent by the server layer, see hubd.web.server).
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-# Policy violation: the client kept sending frames over its rate limit.
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_REVOKED = 4401
-CLOSE_IDLE = 4408
-# How long a closing connection may spend flushing its queue, and then its close frame.
-CLOSE_GRACE = 2.0
-
-# What Session.deliver did with a frame.
-REFUSED = 0
-QUEUED = 1
-WRITTEN = 2
-
-CONFIRMATION_MESSAGE = notices.CONFIRMATION
-
-
-@dataclass(eq=False, slots=True)
-class Session:
-    """One subscriber connection as the hub sees it."""
-
-    client_id: str
-    principal: Principal
-    ip: str
-    subscriptions: list[str]
-    mailbox: Mailbox[Frame]
-    connected_at: str
-    # Opt-in batch mode: several queued events per text frame, newline-separated.
-    batch: bool = False
-    close_code: int | None = None
-    close_reason: str = ""
-    # Set when the client's own close or disconnect ended the session.
-    peer_closed: bool = False
-    registered: bool = field(default=True)
-    # The connection's task scope, once it is being served: a close request gives it
-    # CLOSE_GRACE seconds to flush, so a peer that stopped reading cannot hold it open.
-    scope: trio.CancelScope | None = None
-    # Set by transports that can write without blocking: try to write these wire bytes
-    # now and return how many the kernel took (0 when it cannot write at once).
-    direct: Callable[[bytes], int] | None = None
-    # True while the writer task holds frames it took from the mailbox.
-    writing: bool = False
-    # trio time of the last frame received from the client (admission counts as one).
-    last_seen: float = 0.0
-
-    def request_close(self, code: int, reason: str) -> None:
-        """Ask the connection to close with `code`; the first request wins, and none is
-        recorded once the peer is gone (nothing can be sent to it: it counts as "peer").
-
-        Frames already queued are still written before the close frame, for at most
-        `CLOSE_GRACE` seconds. Safe to call at any time, also while or after the session
-        ends: closing the mailbox wakes the writer only while the connection's nursery
-        body runs (see `serve_session`), so it never raises."""
-        if self.close_code is None and not self.peer_closed:
-            self.close_code = code
-            self.close_reason = reason
-        self.mailbox.close()
-        if self.scope is not None:
-            self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE)
-
-    def deliver(self, frame: Frame, direct: bool = False) -> int:
-        """Hand a frame to this client. With `direct`, it is written at once when nothing
-        is queued or being written and the socket takes it (no task switch); otherwise it
-        is queued for the writer, which joins everything queued into one write.
-
-        Returns WRITTEN, QUEUED or REFUSED (0, falsy); when refusing overflowed a
-        `disconnect` queue, the connection is asked to close with 1013. A frame WRITTEN
-        here is not recorded in the latency histogram: the caller does that, once for all
-        the connections it wrote to."""
-        mailbox = self.mailbox
-        if (
-            direct
-            and self.direct is not None
-            and not mailbox
-            and not self.writing
-            and not mailbox.closed
-        ):
-            wire = frame.wire
-            written = self.direct(wire)
-            if written:
-                if written < len(wire):  # the rest goes first, through the writer
-                    mailbox.put_head(Frame.wire_bytes(wire[written:]))
-                return WRITTEN
-        if mailbox.put(frame):
-            return QUEUED
-        if mailbox.overflowed and self.close_code is None:
-            self.request_close(CLOSE_TRY_AGAIN_LATER, "slow consumer: queue overflow")
-        return REFUSED
-
-    def reply(self, payload: bytes, channel: str) -> None:
-        """Send a frame (built by `hubd.protocol.notices`) on `channel` to this client
-        only: written at once when the connection is idle (a pong needs no writer
-        wake-up), else queued under the same overflow policy."""
-        self.deliver(Frame(payload, channel=channel), direct=True)
-
-
-def notice_frame(payload: bytes) -> Frame:
-    """A server notice (`events_dropped`, ...) built by `hubd.protocol.notices`: on `global`."""
-    return Frame(payload, channel=GLOBAL)
-
-
-def unknown_client(client_id: str) -> HubError:
-    return HubError(404, "unknown_client", f"no connected client has client_id {quoted(client_id)}")
-
-
-def check_owner(principal: Principal, owner: str, client_id: str) -> None:
-    """403 unless `principal` owns the connection (by name) or is an admin."""
-    if owner != principal.name and not principal.is_admin:
-        raise HubError(
-            403,
-            "forbidden",
-            f"client {quoted(client_id)} belongs to another principal; only its owner or an "
-            "admin may unsubscribe it",
-        )
-
-
-def check_since(since: str) -> None:
-    """400 unless `since` looks like an event id (whether it is known is another matter)."""
-    if not is_event_id(since):
-        raise HubError(
-            400,
-            "bad_request",
-            f"since={quoted(since)} is not an event id; use the 64-hex-digit id of the last "
-            "event received (or leave it out)",
-        )
-
-
-@dataclass(slots=True)
-class _Resume:
-    held: list[Frame] = field(default_factory=list)
-    # Set once the replay is in the mailbox: live events up to this seq were in it.
-    replayed_upto: int | None = None
-    # The resume cannot be complete: more was published meanwhile than the queue holds
-    # (the oldest held events were dropped), or events of its channels may never have
-    # reached this hub (see Hub.missed).
-    incomplete: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeResult:
-    client_id: str
-    unsubscribed: list[str]
-    ignored: list[str]
-    subscriptions: list[str]
+_WRITTEN = Delivery.WRITTEN
 
 
 class Hub:
     """Registry of sessions and channel fan-out. One per process."""
 
-    def __init__(self, hub: HubSettings, limits: LimitsSettings) -> None:
-        self.settings = hub
+    def __init__(
+        self,
+        settings: HubSettings,
+        limits: LimitsSettings,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.settings = settings
         self.limits = limits
-        self.channels: frozenset[str] = hub.all_channels
+        self.clock = clock
+        self.channels: frozenset[str] = settings.all_channels
         self.sessions: dict[str, Session] = {}
         self._subscribers: dict[str, dict[Session, None]] = {c: {} for c in self.channels}
         self._by_ip: dict[str, Session] = {}
@@ -200,18 +54,20 @@ class Hub:
         self.latency = LatencyHistogram()
         # Drops of sessions that have ended; live sessions hold their own counts.
         self._dropped_ended = 0
-        self.started_at = trio.current_time()
+        self.started_at = clock()
         # Event ids carry their publish position; recent events are kept for resuming.
         self.ids = EventIds()
-        self.history = History(hub.history_size, hub.history_ttl, hub.history_max_bytes)
+        self.history = History(
+            settings.history_size, settings.history_ttl, settings.history_max_bytes
+        )
         # False when a backplane keeps the history instead (it then replays from there).
         self.keep_history = True
         # The highest event seq published here so far (events arrive in seq order when a
         # backplane orders them; the in-memory hub numbers them itself).
         self.last_seq = 0
         # Sessions resuming from a replay the backplane is still fetching: what is
-        # published to their channels meanwhile waits here (see begin_resume).
-        self._resuming: dict[Session, _Resume] = {}
+        # published to their channels meanwhile waits (see begin_resume).
+        self._resumes = Resumes(self._subscribers)
         self._empty = trio.Event()
         self._empty.set()
         # Counters for /metrics and stats: connections accepted, rejected by HTTP status,
@@ -248,48 +104,16 @@ class Hub:
         then a `replay_complete` notice, then live events: nothing can be published in
         between, so there is no gap and no duplicate."""
         if self.draining:
-            raise HubError(
-                503, "draining", "the server is shutting down; reconnect to another node or retry"
-            )
-        if not principal.can_subscribe:
-            raise HubError(
-                403,
-                "forbidden",
-                f"principal {principal.name!r} lacks the 'subscriber' role needed to subscribe",
-            )
-        try:
-            subscriptions = parse_event_types(
-                event_types, self.channels, self.settings.max_channels_per_request
-            )
-        except TooManyChannelsError as exc:
-            raise too_many_channels(exc.count, exc.limit) from None
-        except UnknownChannelError as exc:
-            raise HubError(400, "unknown_channel", str(exc)) from None
-        denied = [c for c in subscriptions if not principal.allows(c)]
-        if denied:
-            allowed = ", ".join(sorted(principal.channels or ()))
-            raise HubError(
-                403,
-                "forbidden",
-                f"principal {principal.name!r} may not subscribe to "
-                f"{', '.join(repr(c) for c in denied)}; its channels are: global, {allowed}",
-            )
+            raise admission.draining()
+        subscriptions = admission.check_subscriber(
+            principal, event_types, self.channels, self.settings.max_channels_per_request
+        )
         if self.limits.one_connection_per_ip and ip in self._by_ip:
-            raise HubError(
-                409,
-                "ip_in_use",
-                f"client IP {ip} already has an open connection; one connection per IP is "
-                "allowed (close it first)",
-            )
+            raise admission.ip_in_use(ip)
         if since is not None:
-            check_since(since)
+            admission.check_since(since)
         if len(self.sessions) >= self.limits.max_connections:
-            raise HubError(
-                503,
-                "at_capacity",
-                f"the server holds its maximum of {self.limits.max_connections} connections; "
-                "retry later",
-            )
+            raise admission.at_capacity(self.limits.max_connections)
         session = Session(
             client_id=str(uuid.uuid4()),
             principal=principal,
@@ -298,7 +122,7 @@ class Hub:
             mailbox=Mailbox(self.settings.queue_size, Overflow(self.settings.slow_consumer)),
             connected_at=utc_timestamp(),
             batch=batch,
-            last_seen=trio.current_time(),
+            last_seen=self.clock(),
         )
         session.mailbox.on_drop = self._count_drop
         session.mailbox.put(
@@ -320,11 +144,8 @@ class Hub:
     def _replay(self, session: Session, since: str) -> None:
         replay = self.replay(session.subscriptions, since)
         frames = [frame.replayed() for frame in replay.frames]
-        frames.append(self._replay_complete(session, len(replay.frames), replay.complete))
+        frames.append(replay_complete(session, len(replay.frames), replay.complete))
         session.mailbox.extend(frames)
-
-    def _replay_complete(self, session: Session, replayed: int, complete: bool) -> Frame:
-        return notice_frame(notices.replay_complete(session.client_id, replayed, complete))
 
     def _count_drop(self, frame: Frame) -> None:
         if frame.channel is not None:
@@ -334,18 +155,15 @@ class Hub:
         """Forget a session and release its IP slot at once. Idempotent. `refused`: it
         was admitted here but refused before the upgrade (by the backplane), so it counts
         as a rejection rather than an accepted and closed connection."""
-        if not session.registered:
+        if not session.end():
             return
-        session.registered = False
         if refused:
             self.accepted -= 1
         elif session.close_code is not None:
             self.closed[str(session.close_code)] += 1
         else:
             self.closed["peer"] += 1
-        session.mailbox.close()
-        session.mailbox.discard()
-        self._resuming.pop(session, None)
+        self._resumes.forget(session)
         self._dropped_ended += session.mailbox.dropped_total
         self.sessions.pop(session.client_id, None)
         for channel in session.subscriptions:
@@ -368,7 +186,7 @@ class Hub:
         """Totals, per-channel counts, uptime and the delivery-latency histogram."""
         subscribers = self.subscriber_counts()
         return {
-            "uptime_seconds": round(trio.current_time() - self.started_at, 3),
+            "uptime_seconds": round(self.clock() - self.started_at, 3),
             "connections": len(self.sessions),
             "draining": self.draining,
             "published": sum(self.published.values()),
@@ -391,63 +209,29 @@ class Hub:
         for session in list(self.sessions.values()):
             session.request_close(code, reason)
 
-    def reconfigure(self, hub: HubSettings, limits: LimitsSettings) -> list[str]:
+    def reconfigure(self, settings: HubSettings, limits: LimitsSettings) -> list[str]:
         """Apply new hub and limits settings to the running hub (a reload). Connections
         stay; queue bounds and policies change for every mailbox, the other values apply
         from the next frame or connection. Returns what could not be applied (the text
         names the key), which keeps its old value until a restart."""
-        kept: list[str] = []
-        removed = self.channels - hub.all_channels
-        if removed:
-            kept.append(
-                "hub.channels: removing "
-                + ", ".join(repr(c) for c in sorted(removed))
-                + " needs a restart; the channel list is unchanged"
-            )
-            hub = msgspec.structs.replace(hub, channels=list(self.settings.channels))
-        if hub.compression != self.settings.compression:
-            kept.append("hub.compression: a change needs a restart")
-            hub = msgspec.structs.replace(hub, compression=self.settings.compression)
-        for channel in hub.all_channels - self.channels:
+        settings, kept = restart_only(self.settings, settings)
+        for channel in settings.all_channels - self.channels:
             self._subscribers[channel] = {}
-        self.channels = hub.all_channels
-        policy = Overflow(hub.slow_consumer)
+        self.channels = settings.all_channels
+        policy = Overflow(settings.slow_consumer)
         for session in self.sessions.values():
-            session.mailbox.capacity = hub.queue_size
+            session.mailbox.capacity = settings.queue_size
             session.mailbox.policy = policy
-        self.settings = hub
+        self.settings = settings
         self.limits = limits
         # Applied at once: a lowered bound frees its memory now, not at the next publish.
         self.history.resize(
-            hub.history_size if self.keep_history else 0,
-            hub.history_ttl,
-            hub.history_max_bytes,
-            trio.current_time(),
+            settings.history_size if self.keep_history else 0,
+            settings.history_ttl,
+            settings.history_max_bytes,
+            self.clock(),
         )
         return kept
-
-    def revoke(self, lookup: Callable[[Principal], Principal | None]) -> tuple[int, int]:
-        """Re-check every connection's credential after a reload. `lookup` returns the
-        principal now configured for a connection's credential, or None if it is gone.
-
-        Gone, or no longer allowed to subscribe: closed with 4401. Still there: the
-        connection takes the new principal, and loses (with an `unsubscribed` notice) the
-        channels its new allow-list no longer admits. Returns (closed, narrowed)."""
-        closed = narrowed = 0
-        for session in list(self.sessions.values()):
-            if session.close_code is not None:
-                continue
-            now = lookup(session.principal)
-            if now is None or not now.can_subscribe:
-                session.request_close(CLOSE_REVOKED, "credentials revoked")
-                closed += 1
-                continue
-            session.principal = now
-            denied = [c for c in session.subscriptions if not now.allows(c)]
-            if denied:
-                self._remove(session, denied)
-                narrowed += 1
-        return closed, narrowed
 
     async def wait_empty(self) -> None:
         """Return once no session is registered."""
@@ -461,20 +245,20 @@ class Hub:
         frame: Frame,
         target: Session | None = None,
         *,
-        direct: bool = False,
+        immediate: bool = False,
         seq: int | None = None,
     ) -> int:
         """Hand one encoded frame to every subscriber of `channel` (or to `target` only).
 
         The same `Frame` object goes to every subscriber, so it is encoded and framed
-        once. `direct` lets idle connections take it with a non-blocking write right here
+        once. `immediate` lets idle connections take it with a non-blocking write right here
         (for a lone event: lowest latency, no task switch); without it, it is queued so
         each connection's writer can send several events in one write. Returns how many
         subscribers accepted it. `seq` (from `ids.next()`) keeps a broadcast event in the
         channel's history for resuming clients; targeted events are not kept. Never blocks."""
         self.published[channel] += 1
         if target is not None:
-            state = self._resuming.get(target) if self._resuming else None
+            state = target.resume
             if state is not None and state.replayed_upto is None:
                 # Resuming: it waits behind the replay, like every live event.
                 state.held.append(frame)
@@ -486,23 +270,23 @@ class Hub:
         else:
             receivers = self._subscribers[channel]
             if seq is not None:
-                at = frame.queued_at
-                self.history.append(channel, seq, frame, trio.current_time() if at is None else at)
+                at = frame.accepted_at
+                self.history.append(channel, seq, frame, self.clock() if at is None else at)
         accepted = written = 0
         for session in receivers:
-            outcome = session.deliver(frame, direct)
+            outcome = session.deliver(frame, immediate)
             if outcome:
                 accepted += 1
-                if outcome == WRITTEN:
+                if outcome is _WRITTEN:
                     written += 1
         if seq is not None and seq > self.last_seq:
             self.last_seq = seq
-        if self._resuming and target is None:
-            accepted += self._hold_for_resume(channel, frame)
-        if written and frame.queued_at is not None:
+        if self._resumes and target is None:
+            accepted += self._resumes.hold(channel, frame)
+        if written and frame.accepted_at is not None:
             # One clock read for every connection written to here: they were all written
             # within this call.
-            self.latency.observe_many(trio.current_time() - frame.queued_at, written)
+            self.latency.observe_many(self.clock() - frame.accepted_at, written)
         self.delivered[channel] += accepted
         return accepted
 
@@ -512,9 +296,7 @@ class Hub:
         """Take a just-admitted session out of live delivery while its replay is fetched
         (from a backplane, which takes a round trip): what its channels publish meanwhile
         is held, and `finish_resume` merges the two without a gap or a duplicate."""
-        for channel in session.subscriptions:
-            self._subscribers[channel].pop(session, None)
-        self._resuming[session] = _Resume()
+        self._resumes.begin(session)
 
     def finish_resume(
         self, session: Session, replayed: list[Frame], complete: bool, upto: int
@@ -526,74 +308,13 @@ class Hub:
         it read the history (at least the resume point), so no event at or below it is
         sent again. Events reach this hub in seq order, so once it has seen `upto` no
         duplicate can follow; until then, later events up to it are skipped."""
-        state = self._resuming.get(session)
-        if state is None or not session.registered:
-            return
-        frames = [frame.replayed() for frame in replayed]
-        frames.append(
-            self._replay_complete(session, len(replayed), complete and not state.incomplete)
-        )
-        frames.extend(f for f in state.held if f.seq > upto)
-        session.mailbox.extend(frames)
-        if self.last_seq >= upto:
-            self._rejoin(session)
-        else:
-            state.held = []
-            state.replayed_upto = upto
-
-    def _hold_for_resume(self, channel: str, frame: Frame) -> int:
-        held = 0
-        for session, state in list(self._resuming.items()):
-            if channel not in session.subscriptions:
-                continue
-            if state.replayed_upto is None:
-                if len(state.held) >= session.mailbox.capacity:
-                    # Bounded like the queue: the oldest held event goes (counted),
-                    # and the resume will say it is incomplete.
-                    state.held.pop(0)
-                    state.incomplete = True
-                    session.mailbox.dropped_total += 1
-                state.held.append(frame)
-                held += 1
-            else:
-                if frame.seq > state.replayed_upto and session.deliver(frame):
-                    held += 1
-                if frame.seq >= state.replayed_upto:
-                    self._rejoin(session)
-        return held
-
-    def _rejoin(self, session: Session) -> None:
-        self._resuming.pop(session, None)
-        for channel in session.subscriptions:
-            self._subscribers[channel][session] = None
+        self._resumes.finish(session, replayed, complete, upto, self.last_seq)
 
     def missed(self, channels: Iterable[str] | None, count: int, reason: str) -> int:
         """Events of `channels` (None: of any channel) may never have reached this hub
-        (its backplane lost them): tell every session subscribed to one of them with an
-        `events_dropped` notice, queued behind what it was sent so far and ahead of every
-        event delivered after this call. `count` is at most how many events are missing
-        (0: unknown). A session whose resume is still being fetched is not sent a notice:
-        its `replay_complete` says `complete: false` instead. Returns how many sessions
-        were told. Never blocks."""
-        wanted = None if channels is None else frozenset(channels)
-        told = 0
-        for session in list(self.sessions.values()):
-            if wanted is not None and wanted.isdisjoint(session.subscriptions):
-                continue
-            state = self._resuming.get(session) if self._resuming else None
-            if state is not None and state.replayed_upto is None:
-                state.incomplete = True
-                told += 1
-                continue
-            if session.mailbox.closed:
-                continue  # closing: it will not be sent anything more anyway
-            # Room beyond the queue bound (like replay_complete): the notice neither
-            # pushes an event out nor overflows a `disconnect` queue. Should later events
-            # push it out, the queue's own drop notice still tells the client.
-            session.mailbox.extend(
-                [notice_frame(notices.events_dropped(session.client_id, count, reason))]
-            )
-            told += 1
+        (its backplane lost them): tell every session subscribed to one of them (see
+        `resume.tell_missed`). Returns how many sessions were told. Never blocks."""
+        told = tell_missed(self.sessions.values(), channels, count, reason)
         self.missed_notices[reason] += told
         return told
 
@@ -611,7 +332,7 @@ class Hub:
 
     def replay(self, channels: list[str], since: str) -> Replay:
         """What this hub's own history holds of `channels` after event id `since`."""
-        return self.history.replay(channels, self.parse_since(since), trio.current_time())
+        return self.history.replay(channels, self.parse_since(since), self.clock())
 
     def history_elsewhere(self) -> None:
         """A backplane keeps the history and replays from it: this hub keeps none of its
@@ -641,65 +362,19 @@ class Hub:
         """The backplane's numbering started again (its store lost its data): sessions
         waiting for an old seq would wait forever, so they rejoin live delivery now."""
         self.last_seq = 0
-        for session, state in list(self._resuming.items()):
-            if state.replayed_upto is not None:
-                self._rejoin(session)
+        self._resumes.renumbered()
 
     # -- subscriptions -----------------------------------------------------------------
 
     def find(self, client_id: str) -> Session:
         session = self.sessions.get(client_id)
         if session is None:
-            raise unknown_client(client_id)
+            raise admission.unknown_client(client_id)
         return session
 
-    def unsubscribe_channels(self, channels: list[str]) -> list[str]:
-        """The channels an unsubscribe request names, normalized. Raises `HubError(400)`
-        for more than `hub.max_channels_per_request` names (checked first, by counting),
-        an unknown channel, an empty list, or `global` alone."""
-        try:
-            requested = normalize(channels, self.channels, self.settings.max_channels_per_request)
-        except TooManyChannelsError as exc:
-            raise too_many_channels(exc.count, exc.limit) from None
-        except UnknownChannelError as exc:
-            raise HubError(400, "unknown_channel", str(exc)) from None
-        if not requested:
-            raise HubError(400, "bad_request", "event_types must list at least one channel")
-        if requested == [GLOBAL]:
-            raise HubError(
-                400,
-                "bad_request",
-                "'global' cannot be unsubscribed; list other channels to remove",
-            )
-        return requested
-
-    def unsubscribe(
-        self, principal: Principal, client_id: str, channels: list[str]
-    ) -> UnsubscribeResult:
-        """Remove channels from a client's subscriptions. `global` is never removed.
-
-        Raises `HubError`: 400 unknown channel or only `global` requested, 404 unknown
-        client, 403 the client belongs to another principal (admins may act on anyone)."""
-        requested = self.unsubscribe_channels(channels)
-        session = self.find(client_id)
-        check_owner(principal, session.principal.name, client_id)
-        removed: list[str] = []
-        ignored: list[str] = []
-        for channel in requested:
-            if channel == GLOBAL or channel not in session.subscriptions:
-                ignored.append(channel)
-            else:
-                removed.append(channel)
-        self._remove(session, removed)
-        return UnsubscribeResult(
-            client_id=client_id,
-            unsubscribed=removed,
-            ignored=ignored,
-            subscriptions=list(session.subscriptions),
-        )
-
-    def _remove(self, session: Session, channels: list[str]) -> None:
-        """Take `channels` (subscribed, not global) from a session and tell the client."""
+    def remove_channels(self, session: Session, channels: list[str]) -> None:
+        """Take `channels` (subscribed, not global) from a session and tell the client
+        with an `unsubscribed` notice."""
         if not channels:
             return
         for channel in channels:

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
-import trio
 
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
 from hubd.core.frame import Frame
-from hubd.core.hub import Hub, Session
+from hubd.core.hub import Hub
+from hubd.core.session import Session
 from hubd.protocol import notices
 from hubd.protocol.channels import GLOBAL, SERVER_OWNED
 from hubd.protocol.envelope import PublishEvent, encode_bytes
@@ -167,28 +167,38 @@ def _check(
             "forbidden",
             f"{where}principal {principal.name!r} may not publish to {channel!r}",
         )
-    target: Session | None = None
+    target = None
     if event.client_id is not None:
-        target = hub.sessions.get(event.client_id)
-        elsewhere = remote.get(event.client_id)
-        if target is not None:
-            subscriptions = target.subscriptions
-        elif elsewhere is not None:
-            subscriptions = elsewhere.subscriptions
-        else:
-            raise HubError(
-                404,
-                "unknown_client",
-                f"{where}no connected client has client_id {quoted(event.client_id)}",
-            )
-        if channel not in subscriptions:
-            raise HubError(
-                409,
-                "not_subscribed",
-                f"{where}client {quoted(event.client_id)} is not subscribed to {channel!r}; "
-                f"its channels are: {', '.join(subscriptions)}",
-            )
+        target = _check_target(hub, where, channel, event.client_id, remote)
     return Checked(channel, event, target)
+
+
+def _check_target(
+    hub: Hub, where: str, channel: str, client_id: str, remote: Mapping[str, RemoteClient]
+) -> Session | None:
+    """An event addressed to `client_id`: the session when it is connected here (None when
+    it is connected to another node). 404 when no node has it, 409 when it is not
+    subscribed to `channel`."""
+    target = hub.sessions.get(client_id)
+    elsewhere = remote.get(client_id)
+    if target is not None:
+        subscriptions = target.subscriptions
+    elif elsewhere is not None:
+        subscriptions = elsewhere.subscriptions
+    else:
+        raise HubError(
+            404,
+            "unknown_client",
+            f"{where}no connected client has client_id {quoted(client_id)}",
+        )
+    if channel not in subscriptions:
+        raise HubError(
+            409,
+            "not_subscribed",
+            f"{where}client {quoted(client_id)} is not subscribed to {channel!r}; "
+            f"its channels are: {', '.join(subscriptions)}",
+        )
+    return target
 
 
 def check_request(
@@ -227,7 +237,7 @@ def publish_request(hub: Hub, principal: Principal, payload: bytes) -> PublishRe
 
 def publish_checked(hub: Hub, checked: list[Checked]) -> list[str]:
     """Publish checked events to this hub's subscribers; returns their ids in order."""
-    accepted_at = trio.current_time()
+    accepted_at = hub.clock()
     lone = len(checked) == 1
     ids: list[str] = []
     for item in checked:
@@ -245,7 +255,7 @@ def publish_checked(hub: Hub, checked: list[Checked]) -> list[str]:
             item.target,
             # A lone event is written at once; a batch is queued so that each
             # connection's writer sends it in one write.
-            direct=lone,
+            immediate=lone,
             seq=seq,
         )
         ids.append(envelope.id)

@@ -7,11 +7,12 @@ from typing import Any
 
 import trio
 
-from hubd.core.hub import CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, Session
+from hubd.core.close_codes import CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR
+from hubd.core.session import Session
 from hubd.core.transport import TextTransport, TransportClosed
 
 # Close codes the server sends when the client broke the WebSocket protocol (see
-# hubd.web.server): the session ends with that code and the parser's reason, not as if
+# hubd.web.seam): the session ends with that code and the parser's reason, not as if
 # the client had closed.
 _PROTOCOL_CODES = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_POLICY})
 

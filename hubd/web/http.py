@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from hubd import __version__
 from hubd.core.errors import HubError
-from hubd.core.hub import Session
+from hubd.core.session import Session
 from hubd.protocol.quoting import quoted
 from hubd.tasks import count_tasks
 from hubd.web.context import WebContext

@@ -16,17 +16,17 @@ from hubd.backplane import join
 from hubd.core.auth import Principal
 from hubd.core.clientip import resolve_client_ip
 from hubd.core.errors import HubError
-from hubd.core.hub import Session
-from hubd.core.session import serve_session
+from hubd.core.serving import serve_session
+from hubd.core.session import Session
 from hubd.core.transport import Transport
 from hubd.logs import RateLimitedLog, event
 from hubd.protocol.quoting import quoted
 from hubd.web.asgi_transport import AsgiTransport
 from hubd.web.context import WebContext
-from hubd.web.fastpath import HypercornTransport, hypercorn_stream, refuse_compression
 from hubd.web.responses import send_error
 from hubd.web.scope import headers as scope_headers
 from hubd.web.scope import query as scope_query
+from hubd.web.seam.direct_write import HypercornTransport, hypercorn_stream, refuse_compression
 
 log = logging.getLogger("hubd.connections")
 

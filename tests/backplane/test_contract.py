@@ -20,8 +20,9 @@ import trio.lowlevel
 from hubd.backplane import Backplane, MemoryBackplane, join, publish_through
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
-from hubd.core.hub import Hub, Session
-from hubd.core.session import serve_session
+from hubd.core.hub import Hub
+from hubd.core.serving import serve_session
+from hubd.core.session import Session
 from hubd.core.transport import MemoryTransport
 from hubd.settings import BackplaneSettings, Settings
 

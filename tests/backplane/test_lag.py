@@ -20,7 +20,7 @@ import trio
 from hubd.backplane import join, publish_through
 from hubd.backplane.redis import RedisBackplane
 from hubd.core.errors import HubError
-from hubd.core.hub import Session
+from hubd.core.session import Session
 from hubd.settings import BackplaneSettings
 
 from ..redis_server import RedisServer

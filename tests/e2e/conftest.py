@@ -3,13 +3,16 @@
 - `hub_server` / `idle_server`: one daemon each for the whole session (started on first
   use). Tests sharing them stay independent by connecting from source addresses no other
   test uses.
-- `start_hubd`: a factory for daemons owned by one test (special limits, SIGTERM, slow
-  consumers); every one of them is stopped and reaped at teardown.
+- `shared_hubd(tmp_path_factory, name, **sections)`: the same for a module-scoped fixture of
+  a test file whose tests share a config but need a daemon apart from the others.
+- `start_hubd`: a factory for daemons owned by one test (SIGTERM, SIGHUP, restarts, process
+  limits, their own log); every one of them is stopped and reaped at teardown.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +20,10 @@ import httpx
 import pytest
 import trio
 
-from .helpers import (
-    TRUSTED_PROXY_NET,
-    HubdProcess,
-    SessionHubd,
-    config_for,
-    http_client,
-    render_config,
-)
+from ..helpers import shared_sections, write_config
+from .helpers import TRUSTED_PROXY_NET, HubdProcess, SessionHubd, http_client
 
-# Settings of the shared `hub_server` that tests rely on.
-EXTRA_CHANNEL = "builds"
-MAX_MESSAGE_BYTES = 4096
-MAX_PUBLISH_BYTES = 262144
+# The idle deadline of the shared `idle_server`.
 IDLE_TIMEOUT = 0.4
 
 StartHubd = Callable[..., Awaitable[HubdProcess]]
@@ -41,27 +35,25 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _write_config(directory: Path, name: str, config: dict[str, Any]) -> Path:
-    path = directory / f"{name}.toml"
-    path.write_text(render_config(config), encoding="utf-8")
-    return path
+@contextmanager
+def shared_hubd(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **sections: Mapping[str, Any]
+) -> Iterator[SessionHubd]:
+    """A daemon on `config_for(**sections)` for as long as the block runs."""
+    path = write_config(tmp_path_factory.mktemp("hubd") / f"{name}.toml", **sections)
+    server = SessionHubd(path)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")
 def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionHubd]:
     """The shared daemon: an extra channel, small frame and publish limits, and a trusted
     proxy range (127.77.0.0/16) that ordinary test clients never connect from."""
-    config = config_for(
-        hub={
-            "channels": [EXTRA_CHANNEL],
-            "max_message_bytes": MAX_MESSAGE_BYTES,
-            "max_publish_bytes": MAX_PUBLISH_BYTES,
-        },
-        limits={"trusted_proxies": [TRUSTED_PROXY_NET]},
-    )
-    server = SessionHubd(_write_config(tmp_path_factory.mktemp("hubd"), "hub", config))
-    yield server
-    server.close()
+    with shared_hubd(tmp_path_factory, "hub", **shared_sections(TRUSTED_PROXY_NET)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -69,16 +61,13 @@ def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionHub
     """A shared daemon whose idle deadline is short enough to wait for. Its client frame
     rate limit is far above the default: heartbeat tests send frames back to back (each
     after the previous reply) for several deadlines, thousands per second."""
-    config = config_for(
-        hub={
-            "idle_timeout": IDLE_TIMEOUT,
-            "max_client_frames_per_second": 1_000_000.0,
-            "client_frames_burst": 1_000_000,
-        }
-    )
-    server = SessionHubd(_write_config(tmp_path_factory.mktemp("hubd"), "idle", config))
-    yield server
-    server.close()
+    hub = {
+        "idle_timeout": IDLE_TIMEOUT,
+        "max_client_frames_per_second": 1_000_000.0,
+        "client_frames_burst": 1_000_000,
+    }
+    with shared_hubd(tmp_path_factory, "idle", hub=hub) as server:
+        yield server
 
 
 @pytest.fixture
@@ -94,7 +83,7 @@ async def start_hubd(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Sta
     started: list[HubdProcess] = []
 
     async def start(**sections: dict[str, Any]) -> HubdProcess:
-        path = _write_config(tmp_path, f"hubd-{len(started)}", config_for(**sections))
+        path = write_config(tmp_path / f"hubd-{len(started)}.toml", **sections)
         server = await HubdProcess.start(nursery, path)
         started.append(server)
         return server

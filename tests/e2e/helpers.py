@@ -1,16 +1,15 @@
-"""Shared machinery for the end-to-end tests.
+"""What the end-to-end tests need beyond tests/helpers.py: real `hubd serve` processes and
+real-socket clients.
 
-- `render_config` / `config_for`: TOML configs for a real `hubd serve`.
-- `HubdProcess` (trio, one per test) and `SessionHubd` (a plain `subprocess.Popen`
-  shared by a whole session): a running daemon, its port and its stderr lines.
-- `ws_connect` / `subscribe`: WebSocket clients on real sockets, each bound to its own
-  127.x.y.z source address (the server allows one connection per client IP).
-- Assertions on the wire format (`assert_json_error`, `HEX64`, `TIMESTAMP`, ...).
+- `HubdProcess` (trio, one per test) and `SessionHubd` (a plain `subprocess.Popen` shared
+  by a whole session or module): a running daemon, its port and its stderr lines.
+- `ws_connect` / `subscribe` / `rejected`: WebSocket clients on real sockets, each bound to
+  its own 127.x.y.z source address (the server allows one connection per client IP);
+  `raw_connect` for hand-made bytes, `http_client` for HTTP.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import re
@@ -18,12 +17,11 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -31,15 +29,22 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-HOST = "127.0.0.1"
+from ..helpers import (
+    CONFIRMATION_MESSAGE,
+    HOST,
+    SUB,
+    SubscriberBase,
+    error_object,
+    subscribe_path,
+    unwrap_group,
+)
+
 HUBD = str(Path(sys.executable).with_name("hubd"))
 # Generous bounds for things that take milliseconds; only hit when something is broken.
 WAIT = 10.0
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 # "ready listening=http://127.0.0.1:41234,http://[::1]:41235"
 BIND = re.compile(r"https?://(?:\[([0-9A-Fa-f:.]+)\]|([^\s:/\[\]]+)):(\d+)")
 READY = re.compile(r"\bready listening=(\S+)")
@@ -61,96 +66,6 @@ def proxy_ip() -> str:
     """A fresh source address inside the shared server's trusted proxy range."""
     n = next(_proxy_numbers)
     return f"127.77.{n // 250}.{n % 250 + 1}"
-
-
-# -- credentials ---------------------------------------------------------------------------
-
-TOKENS: list[dict[str, Any]] = [
-    {"name": "sub", "token": "sub-token", "roles": ["subscriber"]},
-    {"name": "sub2", "token": "sub2-token", "roles": ["subscriber"]},
-    {
-        "name": "sub-pdfm",
-        "token": "sub-pdfm-token",
-        "roles": ["subscriber"],
-        "channels": ["pdfm", "health"],
-    },
-    {"name": "pub-tok", "token": "pub-tok-token", "roles": ["publisher"]},
-    {"name": "admin", "token": "admin-token", "roles": ["admin"]},
-    {
-        "name": "hashed",
-        # sha256("hashed-token"): the secret itself is not in the file.
-        "token_sha256": "550643f45e135491c47bea94823b37278d5dd91375b285d44001d005d1603a33",
-        "roles": ["subscriber"],
-    },
-]
-API_KEYS: list[dict[str, Any]] = [
-    {"name": "pub", "key": "pub-key", "roles": ["publisher"]},
-    {"name": "pub-pdfm", "key": "pub-pdfm-key", "roles": ["publisher"], "channels": ["pdfm"]},
-    {"name": "sub-key", "key": "sub-key-secret", "roles": ["subscriber"]},
-    {"name": "pubsub", "key": "pubsub-key", "roles": ["publisher", "subscriber"]},
-]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-SUB = bearer("sub-token")
-SUB2 = bearer("sub2-token")
-SUB_PDFM = bearer("sub-pdfm-token")
-PUB_TOKEN = bearer("pub-tok-token")
-ADMIN = bearer("admin-token")
-PUB = {"X-Api-Key": "pub-key"}
-PUB_PDFM = {"X-Api-Key": "pub-pdfm-key"}
-SUB_KEY = {"X-Api-Key": "sub-key-secret"}
-PUBSUB = {"X-Api-Key": "pubsub-key"}
-
-
-# -- configuration -------------------------------------------------------------------------
-
-BASE_CONFIG: dict[str, dict[str, Any]] = {
-    "server": {"listen": [f"{HOST}:0"], "shutdown_timeout": 5.0},
-    "hub": {},
-    "limits": {},
-    "log": {"level": "info"},
-}
-
-
-def config_for(**sections: Mapping[str, Any]) -> dict[str, Any]:
-    """The base config with `sections` merged in key by key, plus every test credential."""
-    config = copy.deepcopy(BASE_CONFIG)
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    config["auth"] = {"tokens": TOKENS, "api_keys": API_KEYS}
-    return config
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def render_config(config: Mapping[str, Any]) -> str:
-    lines: list[str] = []
-    for section, table in config.items():
-        if section == "auth":
-            for kind, entries in table.items():
-                for entry in entries:
-                    lines.append(f"[[auth.{kind}]]")
-                    lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
-                    lines.append("")
-            continue
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-        lines.append("")
-    return "\n".join(lines)
 
 
 def _ready_binds(line: str) -> list[tuple[str, int]]:
@@ -247,9 +162,12 @@ class HubdProcess:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    async def wait_for_line(self, pattern: re.Pattern[str], within: float = WAIT) -> re.Match[str]:
-        """Wait until a stderr line matches `pattern` (an observable, never a sleep)."""
-        seen = 0
+    async def wait_for_line(
+        self, pattern: re.Pattern[str], within: float = WAIT, *, since: int = 0
+    ) -> re.Match[str]:
+        """Wait until a stderr line from `lines[since]` on matches `pattern` (an observable,
+        never a sleep)."""
+        seen = since
         with trio.fail_after(within):
             while True:
                 for line in self.lines[seen:]:
@@ -299,13 +217,16 @@ class HubdProcess:
 
 
 class SessionHubd:
-    """A `hubd serve` subprocess shared by many tests (they use distinct client IPs)."""
+    """A `hubd serve` subprocess shared by many tests (they use distinct client IPs); a
+    thread collects its stderr lines."""
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.lines: list[str] = []
         self.port = 0
+        self.eof = False
         self._ready = threading.Event()
+        self._changed = threading.Condition()
         self.process = subprocess.Popen(
             [HUBD, "serve", "--config", str(config_path)],
             stdin=subprocess.DEVNULL,
@@ -330,11 +251,49 @@ class SessionHubd:
     def _pump(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
             if not self.port and (binds := _ready_binds(line)):
                 self.port = binds[0][1]
                 self._ready.set()
+        with self._changed:
+            self.eof = True
+            self._changed.notify_all()
         self._ready.set()
+
+    def wait_for_line_blocking(
+        self, pattern: re.Pattern[str], within: float = WAIT, *, since: int = 0
+    ) -> re.Match[str]:
+        """`wait_for_line` for code outside trio (a fixture): blocks this thread."""
+        seen = since
+
+        def found() -> re.Match[str] | bool:
+            nonlocal seen
+            for line in self.lines[seen:]:
+                if m := pattern.search(line):
+                    return m
+            seen = len(self.lines)
+            return self.eof
+
+        with self._changed:
+            result = self._changed.wait_for(found, within)
+        if isinstance(result, re.Match):
+            return result
+        raise AssertionError(
+            f"no hubd stderr line matching {pattern.pattern!r} "
+            f"({'the process ended' if result else f'within {within} s'}):\n{self.output}"
+        )
+
+    async def wait_for_line(
+        self, pattern: re.Pattern[str], within: float = WAIT, *, since: int = 0
+    ) -> re.Match[str]:
+        """Wait until a stderr line from `lines[since]` on matches `pattern` (woken by each
+        new line, never a sleep)."""
+        return await trio.to_thread.run_sync(
+            partial(self.wait_for_line_blocking, pattern, within, since=since),
+            abandon_on_cancel=True,
+        )
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -350,17 +309,6 @@ class SessionHubd:
 
 
 # -- WebSocket clients ---------------------------------------------------------------------
-
-
-def _unwrap_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one meaningful exception out of a nursery's group (trio wraps everything)."""
-    inner = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)] or list(
-        group.exceptions
-    )
-    if len(inner) == 1:
-        only = inner[0]
-        return _unwrap_group(only) if isinstance(only, BaseExceptionGroup) else only
-    return group
 
 
 def authority(host: str, port: int) -> str:
@@ -414,69 +362,31 @@ async def ws_connect(
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _unwrap_group(group) from None
+        raise unwrap_group(group) from None
     finally:
         await stream.aclose()
 
 
-def subscribe_path(
-    channels: str | Sequence[str] | None = None,
-    *,
-    prefix: str = "/v1",
-    access_token: str | None = None,
-) -> str:
-    query: dict[str, str] = {}
-    if channels is not None:
-        query["event_types"] = channels if isinstance(channels, str) else ",".join(channels)
-    if access_token is not None:
-        query["access_token"] = access_token
-    path = f"{prefix}/ws/subscribe"
-    return f"{path}?{urlencode(query)}" if query else path
+class Subscriber(SubscriberBase):
+    """A connected subscriber over a real WebSocket whose confirmation frame has been read."""
 
-
-class Subscriber:
-    """A connected subscriber whose confirmation frame has been read."""
+    wait = WAIT
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, ip: str) -> None:
+        super().__init__()
         self.ws = ws
         self.ip = ip
-        self.confirmation: dict[str, Any] = {}
-
-    @property
-    def client_id(self) -> str:
-        return str(self.confirmation["body"]["client_id"])
-
-    @property
-    def subscriptions(self) -> list[str]:
-        return list(self.confirmation["body"]["subscriptions"])
 
     async def recv(self, within: float = WAIT) -> dict[str, Any]:
         with trio.fail_after(within):
             text = await self.ws.get_message()
         assert isinstance(text, str), f"expected a text frame, got {text!r}"
-        event = json.loads(text)
-        assert isinstance(event, dict), text
-        return event
+        frame = json.loads(text)
+        assert isinstance(frame, dict), text
+        return frame
 
     async def send(self, frame: Any) -> None:
         await self.ws.send_message(frame if isinstance(frame, str | bytes) else json.dumps(frame))
-
-    async def request(self, frame: Any) -> dict[str, Any]:
-        """Send one client frame and return the next server frame."""
-        await self.send(frame)
-        return await self.recv()
-
-    async def until(
-        self, predicate: Callable[[dict[str, Any]], bool], within: float = WAIT
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Read frames until one matches; return it and every frame read before it."""
-        before: list[dict[str, Any]] = []
-        with trio.fail_after(within):
-            while True:
-                event = await self.recv(within)
-                if predicate(event):
-                    return event, before
-                before.append(event)
 
     async def closed(self, within: float = WAIT) -> trio_websocket.CloseReason:
         """Read (and discard) frames until the server closes; return its close reason."""
@@ -513,9 +423,6 @@ async def subscribe(
         yield sub
 
 
-CONFIRMATION_MESSAGE = "WebSocket connection established subscribed to global by default"
-
-
 async def rejected(
     port: int,
     channels: str | Sequence[str] | None = None,
@@ -540,28 +447,7 @@ def rejection_error(exc: ConnectionRejected, status: int) -> dict[str, str]:
     headers = {k.decode().lower(): v.decode() for k, v in exc.headers}
     assert headers.get("content-type", "").startswith("application/json"), headers
     assert exc.body is not None
-    return _error_object(json.loads(exc.body))
-
-
-def _error_object(body: Any) -> dict[str, str]:
-    assert isinstance(body, dict), body
-    assert list(body) == ["error", "message"], body
-    assert isinstance(body["error"], str) and body["error"], body
-    assert isinstance(body["message"], str) and body["message"], body
-    return body
-
-
-def assert_json_error(response: httpx.Response, status: int) -> dict[str, str]:
-    """Every HTTP error is JSON: `{"error": "<code>", "message": "<sentence>"}`."""
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
-    return _error_object(response.json())
-
-
-def assert_uuid4(value: Any) -> None:
-    assert isinstance(value, str)
-    parsed = uuid.UUID(value)
-    assert parsed.version == 4 and str(parsed) == value, value
+    return error_object(json.loads(exc.body))
 
 
 # -- HTTP ----------------------------------------------------------------------------------
@@ -572,10 +458,6 @@ async def http_client(url: str, src_ip: str | None = None) -> AsyncIterator[http
     transport = httpx.AsyncHTTPTransport(local_address=src_ip or client_ip())
     async with httpx.AsyncClient(base_url=url, transport=transport, timeout=WAIT) as client:
         yield client
-
-
-def event(channel: str = "pdfm", message: str = "VM_STATE_CHANGED", **extra: Any) -> dict[str, Any]:
-    return {"event_type": channel, "message": message, **extra}
 
 
 # -- batch mode, compression and stats tests ------------------------------------------------

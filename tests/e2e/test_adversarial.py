@@ -39,19 +39,9 @@ import trio
 
 from hubd.settings import ServerSettings
 
+from ..helpers import CONFIRMATION_MESSAGE, HOST, PUB, event
 from .conftest import StartHubd
-from .helpers import (
-    CONFIRMATION_MESSAGE,
-    HOST,
-    PUB,
-    WAIT,
-    HubdProcess,
-    client_ip,
-    event,
-    http_client,
-    raw_connect,
-    subscribe,
-)
+from .helpers import WAIT, HubdProcess, client_ip, http_client, raw_connect, subscribe
 
 pytestmark = pytest.mark.e2e
 

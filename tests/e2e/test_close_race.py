@@ -14,8 +14,9 @@ import httpx
 import pytest
 import trio
 
+from ..helpers import HOST, PUB, event
 from .conftest import StartHubd
-from .helpers import HOST, PUB, WAIT, client_ip, event, http_client, raw_connect
+from .helpers import WAIT, client_ip, http_client, raw_connect
 
 pytestmark = pytest.mark.e2e
 

@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from ..helpers import ADMIN, SUB, assert_json_error, event
 from ..redis_server import RedisServer
-from .conftest import StartHubd
+from .conftest import StartHubd, shared_hubd
 from .helpers import (
-    ADMIN,
-    SUB,
     HubdProcess,
+    SessionHubd,
     Subscriber,
-    assert_json_error,
     client_ip,
-    event,
     http_client,
     rejected,
     rejection_error,
@@ -33,19 +32,43 @@ pytestmark = pytest.mark.e2e
 _prefixes = itertools.count(1)
 
 
-async def two_nodes(start_hubd: StartHubd, redis: RedisServer) -> tuple[HubdProcess, HubdProcess]:
+CONNECTED = re.compile(r"backplane connected")
+
+
+def node_sections(redis: RedisServer) -> dict[str, dict[str, Any]]:
+    """The config of the nodes of one cluster (a key prefix of its own on `redis`)."""
     backplane = {
         "kind": "redis",
         "url": redis.url,
         "prefix": f"e2e{next(_prefixes)}",
         "lease_seconds": 3.0,
     }
-    nodes = []
-    for _ in "ab":
-        node = await start_hubd(backplane=backplane, hub={"history_size": 100})
-        nodes.append(node)
+    return {"backplane": backplane, "hub": {"history_size": 100}}
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+) -> Iterator[tuple[SessionHubd, SessionHubd]]:
+    """Two nodes on the shared redis-server, for the tests that leave Redis alone. Each
+    test waits, before it ends, for what it published to reach every node it watches, and
+    uses client IPs of its own."""
+    sections = node_sections(redis_server)
+    with (
+        shared_hubd(tmp_path_factory, "node-a", **sections) as a,
+        shared_hubd(tmp_path_factory, "node-b", **sections) as b,
+    ):
+        for node in (a, b):
+            node.wait_for_line_blocking(CONNECTED)
+        yield a, b
+
+
+async def two_nodes(start_hubd: StartHubd, redis: RedisServer) -> tuple[HubdProcess, HubdProcess]:
+    """Two nodes of a cluster of their own, for a test that stops and restarts `redis`."""
+    sections = node_sections(redis)
+    nodes = [await start_hubd(**sections) for _ in "ab"]
     for node in nodes:
-        await node.wait_for_line(re.compile(r"backplane connected"))
+        await node.wait_for_line(CONNECTED)
     return nodes[0], nodes[1]
 
 
@@ -63,9 +86,9 @@ async def messages(client: Subscriber, n: int) -> list[str]:
 
 
 async def test_events_cross_nodes_once_and_in_order(
-    start_hubd: StartHubd, redis_server: RedisServer
+    cluster: tuple[SessionHubd, SessionHubd],
 ) -> None:
-    a, b = await two_nodes(start_hubd, redis_server)
+    a, b = cluster
     async with (
         subscribe(a.port, "pdfm") as on_a,
         subscribe(b.port, "pdfm") as on_b,
@@ -83,9 +106,9 @@ async def test_events_cross_nodes_once_and_in_order(
 
 
 async def test_second_connection_from_an_ip_on_another_node_is_409(
-    start_hubd: StartHubd, redis_server: RedisServer
+    cluster: tuple[SessionHubd, SessionHubd],
 ) -> None:
-    a, b = await two_nodes(start_hubd, redis_server)
+    a, b = cluster
     ip = client_ip()
     async with subscribe(a.port, "pdfm", ip=ip):
         exc = await rejected(b.port, "pdfm", SUB, ip=ip)
@@ -103,9 +126,9 @@ async def test_second_connection_from_an_ip_on_another_node_is_409(
 
 
 async def test_unsubscribe_through_the_other_node(
-    start_hubd: StartHubd, redis_server: RedisServer
+    cluster: tuple[SessionHubd, SessionHubd],
 ) -> None:
-    a, b = await two_nodes(start_hubd, redis_server)
+    a, b = cluster
     async with subscribe(b.port, "pdfm,orchestrator") as client, http_client(a.url) as http:
         response = await http.post(
             "/v1/ws/unsubscribe",
@@ -121,8 +144,8 @@ async def test_unsubscribe_through_the_other_node(
         assert (await client.recv())["id"] == kept[0]
 
 
-async def test_resume_on_the_other_node(start_hubd: StartHubd, redis_server: RedisServer) -> None:
-    a, b = await two_nodes(start_hubd, redis_server)
+async def test_resume_on_the_other_node(cluster: tuple[SessionHubd, SessionHubd]) -> None:
+    a, b = cluster
     ip = client_ip()
     async with http_client(a.url) as http:
         async with subscribe(a.port, "pdfm", ip=ip) as client:

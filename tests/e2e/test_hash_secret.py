@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from .helpers import HUBD, TOKENS
+from ..helpers import TOKENS
+from .helpers import HUBD
 
 pytestmark = pytest.mark.e2e
 

@@ -16,18 +16,9 @@ from urllib.parse import urlencode
 
 import pytest
 
+from ..helpers import ADMIN, SUB, event
 from .conftest import StartHubd
-from .helpers import (
-    ADMIN,
-    SUB,
-    HubdProcess,
-    Subscriber,
-    client_ip,
-    event,
-    http_client,
-    subscribe,
-    ws_connect,
-)
+from .helpers import HubdProcess, Subscriber, client_ip, http_client, subscribe, ws_connect
 
 pytestmark = pytest.mark.e2e
 

@@ -1,29 +1,29 @@
 """Connections that never become useful, against a real daemon: closed before a request,
 too slow to send their headers, headers over the limit, out of file descriptors, h2c,
-and malformed WebSocket frames. Each must cost hubd nothing beyond its own bound."""
+and malformed WebSocket frames. Each must cost hubd nothing beyond its own bound.
+
+The tests that need no config of their own share one daemon (`server`, this module's);
+those that change its config or its process limits start their own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
 import struct
+from collections.abc import Iterator
 
 import pytest
 import trio
 
-from .conftest import StartHubd
-from .helpers import (
-    SUB,
-    WAIT,
-    HubdProcess,
-    event,
-    http_client,
-    raw_connect,
-    subscribe,
-)
+from ..helpers import SUB, event
+from .conftest import StartHubd, shared_hubd
+from .helpers import WAIT, HubdProcess, SessionHubd, client_ip, http_client, raw_connect, subscribe
 
 pytestmark = pytest.mark.e2e
+
+Hubd = HubdProcess | SessionHubd
 
 UPGRADE = (
     "GET /v1/ws/subscribe?event_types=health HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
@@ -32,7 +32,7 @@ UPGRADE = (
 )
 
 
-def open_fds(server: HubdProcess) -> int:
+def open_fds(server: Hubd) -> int:
     return len(os.listdir(f"/proc/{server.process.pid}/fd"))
 
 
@@ -44,15 +44,20 @@ async def read_until_closed(stream: trio.SocketStream, within: float = WAIT) -> 
     return bytes(out)
 
 
-async def health_ok(server: HubdProcess) -> None:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionHubd]:
+    with shared_hubd(tmp_path_factory, "hostile") as shared:
+        yield shared
+
+
+async def health_ok(server: Hubd) -> None:
     async with http_client(server.url) as client:
         assert (await client.get("/v1/health")).status_code == 200
 
 
 async def test_connections_closed_before_a_request_are_released_at_once(
-    start_hubd: StartHubd,
+    server: SessionHubd,
 ) -> None:
-    server = await start_hubd()
     baseline = open_fds(server)
     for _ in range(300):
         stream = await raw_connect(server.port)
@@ -85,17 +90,33 @@ def _head(size: int) -> bytes:
 
 @pytest.mark.parametrize(("size", "status"), [(65536, b"200"), (65537, b"431"), (130000, b"431")])
 async def test_the_documented_header_limit_holds(
-    start_hubd: StartHubd, size: int, status: bytes
+    server: SessionHubd, size: int, status: bytes
 ) -> None:
-    server = await start_hubd()
     stream = await raw_connect(server.port)
-    await stream.send_all(_head(size))
-    answer = await read_until_closed(stream)
+    answer = await send_while_reading(stream, _head(size))
     assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:100]
 
 
-async def test_h2c_is_not_offered_unless_configured(start_hubd: StartHubd) -> None:
-    server = await start_hubd()
+async def send_while_reading(stream: trio.SocketStream, data: bytes) -> bytes:
+    """Send `data` while reading the answer until the server closes. A server that answers
+    (and closes) before it has read all of `data` resets the connection: that ends the
+    send, not the answer already received."""
+    answer = bytearray()
+
+    async def send() -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(data)
+
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        with trio.fail_after(WAIT), contextlib.suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        nursery.cancel_scope.cancel()
+    return bytes(answer)
+
+
+async def test_h2c_is_not_offered_unless_configured(server: SessionHubd) -> None:
     stream = await raw_connect(server.port)
     await stream.send_all(
         b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\n"
@@ -134,10 +155,10 @@ def _close_code(frames: bytes) -> int:
     ],
 )
 async def test_a_malformed_frame_closes_with_its_code_and_the_log_says_why(
-    start_hubd: StartHubd, frame: bytes, code: int, reason: str
+    server: SessionHubd, frame: bytes, code: int, reason: str
 ) -> None:
-    server = await start_hubd()
-    stream = await raw_connect(server.port)
+    ip = client_ip()
+    stream = await raw_connect(server.port, ip)
     await stream.send_all((UPGRADE + "Authorization: Bearer sub-token\r\n\r\n").encode())
     received = b""
     with trio.fail_after(WAIT):
@@ -146,7 +167,9 @@ async def test_a_malformed_frame_closes_with_its_code_and_the_log_says_why(
     await stream.send_all(frame)
     rest = await read_until_closed(stream)
     assert _close_code(rest) == code
-    line = await server.wait_for_line(re.compile(rf"\bclosed .*code={code}\b"))
+    line = await server.wait_for_line(
+        re.compile(rf"\bclosed client_id=\S+ ip={re.escape(ip)} .*\bcode={code}\b")
+    )
     assert reason in line.string
     await health_ok(server)
 
@@ -188,26 +211,25 @@ async def test_out_of_file_descriptors_accept_backs_off_and_recovers(
         assert (await sub.recv())["message"] == "VM_STATE_CHANGED"
 
 
-async def test_a_plain_tcp_subscriber_gets_the_direct_write_path(start_hubd: StartHubd) -> None:
+async def test_a_plain_tcp_subscriber_gets_the_direct_write_path(server: SessionHubd) -> None:
     """hubd's own socket writes are the fast path (16x the plain ASGI one): a Hypercorn
     change that made hubd fall back to ASGI would pass every other test."""
-    server = await start_hubd()
     # The start line says which path connections are set up to take ...
     start = await server.wait_for_line(re.compile(r"\bstarting .*\bwrite=(\w+)"))
     assert start.group(1) == "direct", start.string
     # ... and a real connection must get it.
-    async with subscribe(server.port, ["pdfm"], SUB):
-        line = await server.wait_for_line(re.compile(r"\bconnected client_id=.* write=(\w+)"))
+    async with subscribe(server.port, ["pdfm"], SUB) as sub:
+        connected = rf"\bconnected client_id=\S+ ip={re.escape(sub.ip)} .* write=(\w+)"
+        line = await server.wait_for_line(re.compile(connected))
     assert line.group(1) == "direct", line.string
 
 
 async def test_a_body_cut_by_fin_while_its_error_goes_out_logs_no_traceback(
-    start_hubd: StartHubd,
+    server: SessionHubd,
 ) -> None:
     """A chunked body that stops at a FIN, on a request refused at once (Content-Length
     with Transfer-Encoding): Hypercorn half-closed the socket while the refusal was being
     written, and logged a BusyResourceError traceback per request."""
-    server = await start_hubd()
     request = (
         b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Api-Key: pub-key\r\n"
         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"

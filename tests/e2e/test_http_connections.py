@@ -9,8 +9,8 @@ import json
 import pytest
 import trio
 
-from .conftest import MAX_PUBLISH_BYTES
-from .helpers import HOST, WAIT, SessionHubd, raw_connect
+from ..helpers import HOST, MAX_PUBLISH_BYTES
+from .helpers import WAIT, SessionHubd, raw_connect
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,6 @@ import os
 import pty
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -35,8 +34,10 @@ from hubd.client import (
     Unsubscribed,
 )
 
-from .conftest import EXTRA_CHANNEL, StartHubd
-from .helpers import HEX64, HOST, WAIT, SessionHubd, assert_uuid4, client_ip
+from ..helpers import EXTRA_CHANNEL, HEX64, HOST, assert_uuid4
+from ..redis_server import free_port
+from .conftest import StartHubd
+from .helpers import WAIT, SessionHubd, client_ip
 
 pytestmark = pytest.mark.e2e
 
@@ -186,22 +187,6 @@ def envelopes(lines: list[str]) -> list[dict[str, Any]]:
     return parsed
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def server_logged(server: SessionHubd, pattern: str) -> str:
-    with trio.fail_after(WAIT):
-        while True:
-            for line in list(server.lines):
-                if re.search(pattern, line):
-                    return line
-            await trio.sleep(0.02)
-
-
 # -- hubctl subscribe ----------------------------------------------------------------------
 
 
@@ -233,8 +218,8 @@ async def test_subscribe_prints_json_lines_on_a_pipe_and_closes_with_1000_on_ctr
     assert running.err[-1] == "hubctl: closed the connection (1000 normal closure)"
     assert len(running.out) == 3
     # The server saw the client close the connection (it logs client closes as `peer`).
-    closed = await server_logged(hub_server, rf"closed client_id={client_id} ")
-    assert 'code=peer reason="client closed"' in closed
+    closed = await hub_server.wait_for_line(re.compile(rf"closed client_id={client_id} "))
+    assert 'code=peer reason="client closed"' in closed.string
 
 
 async def test_subscribe_on_a_terminal_prints_aligned_lines(

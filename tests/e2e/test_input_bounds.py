@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import pytest
 import trio
 
-from .conftest import StartHubd
+from ..helpers import HOST, PUB, SUB, assert_json_error, bearer, error_object, event
+from .conftest import StartHubd, shared_hubd
 from .helpers import (
-    HOST,
-    PUB,
-    SUB,
     WAIT,
     SessionHubd,
-    assert_json_error,
-    bearer,
-    event,
     http_client,
     raw_connect,
     rejected,
@@ -62,12 +58,6 @@ async def response_then_close(
         headers[name.strip().lower()] = value.strip()
     assert len(body) == int(headers["content-length"]), data
     return int(status_line.split()[1]), headers, body
-
-
-def error_of(body: bytes) -> dict[str, str]:
-    value = json.loads(body)
-    assert list(value) == ["error", "message"], value
-    return {str(k): str(v) for k, v in value.items()}
 
 
 # -- channel lists ---------------------------------------------------------------------------
@@ -213,15 +203,21 @@ async def test_refused_handshakes_are_logged_at_most_20_per_10_s(
 # -- request bodies --------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def body_timeout_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionHubd]:
+    with shared_hubd(tmp_path_factory, "body-timeout", server={"body_timeout": 0.5}) as server:
+        yield server
+
+
 @pytest.mark.parametrize(
     ("path", "headers"),
     [("/v1/events", PUB), ("/v1/ws/unsubscribe", SUB)],
     ids=["publish", "unsubscribe"],
 )
 async def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(
-    start_hubd: StartHubd, path: str, headers: dict[str, str]
+    body_timeout_server: SessionHubd, path: str, headers: dict[str, str]
 ) -> None:
-    server = await start_hubd(server={"body_timeout": 0.5})
+    server = body_timeout_server
     stream = await raw_connect(server.port)
     async with stream:
         head = request_head(
@@ -236,7 +232,7 @@ async def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(
         status, response_headers, body = await response_then_close(stream, WAIT)
     assert status == 408
     assert response_headers["connection"].lower() == "close"
-    error = error_of(body)
+    error = error_object(json.loads(body))
     assert error["error"] == "request_timeout"
     assert "0.5 s (server.body_timeout)" in error["message"]
 
@@ -269,7 +265,7 @@ async def test_content_length_with_transfer_encoding_gets_400_and_a_close(
         status, response_headers, response_body = await response_then_close(stream, 3.0)
     assert status == 400
     assert response_headers["connection"].lower() == "close"
-    error = error_of(response_body)
+    error = error_object(json.loads(response_body))
     assert error["error"] == "bad_request"
     assert "Content-Length and Transfer-Encoding" in error["message"]
 
@@ -293,7 +289,7 @@ async def test_a_refusal_before_the_body_is_read_says_the_connection_closes(
         got, response_headers, body = await response_then_close(stream, WAIT)
     assert got == 401
     assert response_headers["connection"].lower() == "close"
-    assert error_of(body)["error"] == "unauthorized"
+    assert error_object(json.loads(body))["error"] == "unauthorized"
 
 
 async def test_an_error_after_the_body_was_read_keeps_the_connection(

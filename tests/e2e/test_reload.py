@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import StartHubd
-from .helpers import (
+from ..helpers import (
     ADMIN,
     API_KEYS,
     HOST,
@@ -21,17 +20,14 @@ from .helpers import (
     SUB2,
     SUB_PDFM,
     TOKENS,
-    HubdProcess,
     assert_json_error,
     bearer,
     config_for,
     event,
-    http_client,
-    rejected,
-    rejection_error,
     render_config,
-    subscribe,
 )
+from .conftest import StartHubd
+from .helpers import HubdProcess, http_client, rejected, rejection_error, subscribe
 
 pytestmark = pytest.mark.e2e
 

@@ -11,14 +11,11 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from .conftest import EXTRA_CHANNEL
+from ..helpers import ADMIN, EXTRA_CHANNEL, SUB, event
 from .helpers import (
-    ADMIN,
-    SUB,
     SessionHubd,
     Subscriber,
     client_ip,
-    event,
     rejected,
     rejection_error,
     subscribe,

@@ -9,17 +9,9 @@ import signal
 import pytest
 import trio
 
+from ..helpers import ADMIN, PUB, assert_json_error, event
 from .conftest import StartHubd
-from .helpers import (
-    ADMIN,
-    PUB,
-    HubdProcess,
-    event,
-    http_client,
-    rejected,
-    rejection_error,
-    subscribe,
-)
+from .helpers import HubdProcess, http_client, rejected, rejection_error, subscribe
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +81,8 @@ async def fill_socket_buffers(url: str) -> None:
 
 async def test_503_while_draining(start_hubd: StartHubd) -> None:
     """A client that is still being flushed keeps the server draining; meanwhile new
-    subscribers are refused with 503. Once it reads, it gets everything, then 1001."""
+    subscribers are refused with 503 and /v1/ready says 503 not_ready, while /v1/health and
+    /metrics still answer. Once the client reads, it gets everything, then 1001."""
     server = await stuck_subscriber_server(start_hubd)
     async with subscribe(server.port, "pdfm", rcvbuf=32 * 1024) as stuck:
         await fill_socket_buffers(server.url)
@@ -97,8 +90,17 @@ async def test_503_while_draining(start_hubd: StartHubd) -> None:
         await server.wait_for_line(DRAINING)
         exc = await rejected(server.port, "pdfm", ADMIN)
         assert rejection_error(exc, 503)["message"]
+        async with http_client(server.url) as fresh:
+            for prefix in ("/v1", "/api/v1"):
+                error = assert_json_error(await fresh.get(f"{prefix}/ready"), 503)
+                assert error["error"] == "not_ready" and "draining" in error["message"]
+            assert (await fresh.get("/v1/health")).json()["status"] == "ok"
+            metrics = await fresh.get("/metrics", headers=ADMIN)
+            assert metrics.status_code == 200, metrics.text
+            assert re.search(r"^hubd_draining 1(\.0)?$", metrics.text, re.M), metrics.text
+            assert re.search(r"^hubd_connections_open 1(\.0)?$", metrics.text, re.M)
         # Catch up: every queued event, then the close.
-        seqs = []
+        seqs: list[int] = []
         with trio.fail_after(30):
             while len(seqs) < 200:
                 seqs.append((await stuck.recv())["body"]["seq"])

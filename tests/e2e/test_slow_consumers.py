@@ -10,8 +10,9 @@ import httpx
 import pytest
 import trio
 
+from ..helpers import PUB, event
 from .conftest import StartHubd
-from .helpers import PUB, Subscriber, client_ip, event, http_client, subscribe
+from .helpers import Subscriber, client_ip, http_client, subscribe
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from contextlib import AsyncExitStack
 import pytest
 import trio
 
+from ..helpers import ADMIN
 from .conftest import StartHubd
-from .helpers import ADMIN, WAIT, http_client, subscribe
+from .helpers import WAIT, http_client, subscribe
 
 pytestmark = pytest.mark.e2e
 

@@ -18,19 +18,16 @@ from typing import Any
 import pytest
 import trio
 
+from ..helpers import HOST, PUB, event, write_config
+from ..redis_server import free_port
 from .helpers import (
     BIND,
-    HOST,
-    PUB,
     STOP_TIMEOUT,
     WAIT,
     HubdProcess,
     client_ip,
-    config_for,
-    event,
     http_client,
     raw_connect,
-    render_config,
     subscribe,
 )
 
@@ -48,12 +45,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
     env.pop("LISTEN_FDNAMES", None)
     return {**env, **extra}
-
-
-def write_config(tmp_path: Path, **sections: Mapping[str, Any]) -> Path:
-    path = tmp_path / "hubd.toml"
-    path.write_text(render_config(config_for(**sections)), encoding="utf-8")
-    return path
 
 
 def monotonic_usec() -> int:
@@ -164,7 +155,7 @@ async def test_notify_ready_watchdog_reload_stopping(nursery: trio.Nursery, tmp_
     receiver = await NotifyReceiver.bind(tmp_path / "notify.sock", on_first_ready=health_status)
     nursery.start_soon(receiver.run)
     env = child_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC=str(WATCHDOG_USEC))
-    config = write_config(tmp_path, server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
+    config = write_config(tmp_path / "hubd.toml", server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
     async with running(nursery, config, env=env) as server:
         # READY=1 comes first, once the HTTP port answers, and names what it serves.
         ready = await receiver.wait_for(has("READY=1"))
@@ -213,7 +204,7 @@ async def test_no_watchdog_pings_for_another_process_and_stopping_still_sent(
     env = child_env(
         NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="20000", WATCHDOG_PID="1"
     )
-    config = write_config(tmp_path, server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
+    config = write_config(tmp_path / "hubd.toml", server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
     async with running(nursery, config, env=env) as server:
         await receiver.wait_for(has("READY=1"))
         server.process.send_signal(signal.SIGHUP)
@@ -229,7 +220,7 @@ async def test_unreachable_notify_socket_does_not_stop_hubd(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     env = child_env(NOTIFY_SOCKET=str(tmp_path / "nobody.sock"), WATCHDOG_USEC="20000")
-    config = write_config(tmp_path, server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
+    config = write_config(tmp_path / "hubd.toml", server={"shutdown_timeout": SHUTDOWN_TIMEOUT})
     async with running(nursery, config, env=env) as server:
         async with http_client(server.url) as http:
             assert (await http.get("/v1/health")).status_code == 200
@@ -256,13 +247,6 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 HEALTH_REQUEST = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 async def queued_health_request(port: int) -> trio.SocketStream:
@@ -295,9 +279,9 @@ async def test_socket_activation_serves_the_passed_socket_and_queues_across_a_re
     listener.bind((HOST, 0))
     listener.listen(64)
     port = listener.getsockname()[1]
-    configured = unused_port()
+    configured = free_port()
     config = write_config(
-        tmp_path,
+        tmp_path / "hubd.toml",
         server={"listen": [f"{HOST}:{configured}"], "shutdown_timeout": SHUTDOWN_TIMEOUT},
         hub={"idle_timeout": 30.0},
     )

@@ -1,6 +1,7 @@
 """TLS: with `server.tls_cert` / `server.tls_key` every listener serves https and wss
 (certificates from a throwaway trustme CA), plain HTTP is refused, and a missing,
-garbage or mismatched file stops `hubd serve` at start with exit 2 naming the key."""
+garbage or mismatched file stops `hubd serve` at start with exit 2 naming the key
+(`hubd check-config` loads them too: tests/web/test_check_config.py)."""
 
 from __future__ import annotations
 
@@ -17,23 +18,18 @@ import trio
 import trio_websocket
 import trustme
 
-from .conftest import StartHubd
-from .helpers import (
+from ..helpers import (
     CONFIRMATION_MESSAGE,
     HOST,
-    HUBD,
     PUB,
     SUB,
-    WAIT,
-    Subscriber,
-    authority,
-    client_ip,
-    config_for,
     event,
-    raw_connect,
-    render_config,
+    issue_certificate,
     subscribe_path,
+    write_config,
 )
+from .conftest import StartHubd
+from .helpers import HUBD, WAIT, Subscriber, authority, client_ip, raw_connect
 
 pytestmark = pytest.mark.e2e
 
@@ -41,15 +37,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def issue(ca: trustme.CA, directory: Path, name: str = "server") -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, written as PEM files: (cert, key)."""
-    cert = ca.issue_cert(HOST)
-    cert_path, key_path = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
-    cert_path.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
 
 
 def trusting(ca: trustme.CA) -> ssl.SSLContext:
@@ -103,7 +90,7 @@ async def wss_subscribe(
 async def test_https_and_wss_with_a_trusted_certificate(
     start_hubd: StartHubd, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    cert, key = issue(ca, tmp_path)
+    cert, key = issue_certificate(ca, tmp_path)
     server = await start_hubd(server={"tls_cert": str(cert), "tls_key": str(key)})
     assert f"ready listening=https://{HOST}:{server.port}" in server.output
     context = trusting(ca)
@@ -130,7 +117,7 @@ async def test_https_and_wss_with_a_trusted_certificate(
 async def test_plain_http_and_untrusted_clients_are_refused(
     start_hubd: StartHubd, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    cert, key = issue(ca, tmp_path)
+    cert, key = issue_certificate(ca, tmp_path)
     server = await start_hubd(server={"tls_cert": str(cert), "tls_key": str(key)})
     transport = httpx.AsyncHTTPTransport(local_address=client_ip())
     async with httpx.AsyncClient(transport=transport, timeout=WAIT) as plain:
@@ -151,8 +138,7 @@ async def test_plain_http_and_untrusted_clients_are_refused(
 
 def serve(tmp_path: Path, **server: Any) -> subprocess.CompletedProcess[str]:
     """`hubd serve` on a config with these [server] keys; it must exit by itself."""
-    path = tmp_path / "tls.toml"
-    path.write_text(render_config(config_for(server=server)), encoding="utf-8")
+    path = write_config(tmp_path / "tls.toml", server=server)
     return subprocess.run(
         [HUBD, "serve", "--config", str(path)],
         capture_output=True,
@@ -171,55 +157,31 @@ def assert_refused(result: subprocess.CompletedProcess[str], *mentions: str) -> 
 
 
 def test_missing_key_file_exits_2_naming_tls_key(ca: trustme.CA, tmp_path: Path) -> None:
-    cert, _ = issue(ca, tmp_path)
+    cert, _ = issue_certificate(ca, tmp_path)
     missing = tmp_path / "no-such-key.pem"
     result = serve(tmp_path, tls_cert=str(cert), tls_key=str(missing))
     assert_refused(result, "server.tls_key", str(missing))
 
 
 def test_missing_cert_file_exits_2_naming_tls_cert(ca: trustme.CA, tmp_path: Path) -> None:
-    _, key = issue(ca, tmp_path)
+    _, key = issue_certificate(ca, tmp_path)
     missing = tmp_path / "no-such-cert.pem"
     result = serve(tmp_path, tls_cert=str(missing), tls_key=str(key))
     assert_refused(result, "server.tls_cert", str(missing))
 
 
 def test_key_of_another_certificate_exits_2_naming_tls_cert(ca: trustme.CA, tmp_path: Path) -> None:
-    cert, _ = issue(ca, tmp_path, "one")
-    _, other_key = issue(ca, tmp_path, "other")
+    cert, _ = issue_certificate(ca, tmp_path, "one")
+    _, other_key = issue_certificate(ca, tmp_path, "other")
     result = serve(tmp_path, tls_cert=str(cert), tls_key=str(other_key))
     assert_refused(result, "server.tls_cert", str(cert))
 
 
 @pytest.mark.parametrize("garbage", ["cert", "key"])
 def test_garbage_pem_exits_2_naming_tls_cert(ca: trustme.CA, tmp_path: Path, garbage: str) -> None:
-    cert, key = issue(ca, tmp_path)
+    cert, key = issue_certificate(ca, tmp_path)
     junk = tmp_path / "junk.pem"
     junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n", encoding="utf-8")
     paths = {"tls_cert": str(cert), "tls_key": str(key), f"tls_{garbage}": str(junk)}
     result = serve(tmp_path, **paths)
     assert_refused(result, "server.tls_cert", str(junk))
-
-
-def test_tls_cert_without_tls_key_is_a_config_error(ca: trustme.CA, tmp_path: Path) -> None:
-    cert, _ = issue(ca, tmp_path)
-    path = tmp_path / "half.toml"
-    path.write_text(render_config(config_for(server={"tls_cert": str(cert)})), encoding="utf-8")
-    result = subprocess.run(
-        [HUBD, "check-config", str(path)], capture_output=True, text=True, timeout=30
-    )
-    assert_refused(result, "server", "'tls_cert' and 'tls_key'")
-
-
-def test_check_config_loads_the_tls_files_too(ca: trustme.CA, tmp_path: Path) -> None:
-    cert, _ = issue(ca, tmp_path)
-    missing = tmp_path / "no-such-key.pem"
-    path = tmp_path / "check.toml"
-    path.write_text(
-        render_config(config_for(server={"tls_cert": str(cert), "tls_key": str(missing)})),
-        encoding="utf-8",
-    )
-    result = subprocess.run(
-        [HUBD, "check-config", str(path)], capture_output=True, text=True, timeout=30
-    )
-    assert_refused(result, "server.tls_key", str(missing))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +13,9 @@ import msgspec
 import trio
 
 from hubd.core.auth import Principal
-from hubd.core.hub import Hub, Session
-from hubd.core.session import serve_session
+from hubd.core.hub import Hub
+from hubd.core.serving import serve_session
+from hubd.core.session import Session
 from hubd.core.transport import Closed, MemoryTransport
 from hubd.settings import HubSettings, Settings, load_settings_text
 
@@ -52,13 +53,15 @@ ADMIN = principal("root", ["admin"])
 _HUB_KEYS = frozenset(f.name for f in msgspec.structs.fields(HubSettings))
 
 
-def make_hub(**options: Any) -> Hub:
+def make_hub(clock: Callable[[], float] | None = None, **options: Any) -> Hub:
     """A hub whose [hub] / [limits] keys are given as keyword arguments (validated as in a
-    config file). Must be called inside a trio run."""
+    config file). Without `clock` it reads trio's, so it must be made inside a trio run."""
     hub = {k: v for k, v in options.items() if k in _HUB_KEYS}
     limits = {k: v for k, v in options.items() if k not in _HUB_KEYS}
     settings = msgspec.convert({"hub": hub, "limits": limits}, Settings)
-    return Hub(settings.hub, settings.limits)
+    if clock is None:
+        return Hub(settings.hub, settings.limits)
+    return Hub(settings.hub, settings.limits, clock)
 
 
 _next_ip = iter(range(1, 1_000_000))

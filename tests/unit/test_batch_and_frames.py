@@ -15,9 +15,11 @@ from trio.testing import MockClock
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from hubd.core.frame import Frame
-from hubd.core.hub import CONFIRMATION_MESSAGE, Hub, Session
+from hubd.core.hub import Hub
 from hubd.core.publishing import publish_request
+from hubd.core.session import Session
 from hubd.protocol.envelope import Envelope, encode_bytes
+from hubd.protocol.notices import CONFIRMATION
 from hubd.protocol.wsframe import text_frame
 
 from .conftest import (
@@ -109,7 +111,7 @@ def test_frame_wire_and_text_are_derived_from_the_payload() -> None:
     frame = Frame(payload)
     assert frame.text == payload.decode()
     assert frame.wire == text_frame(payload)
-    assert frame.queued_at is None
+    assert frame.accepted_at is None
 
 
 def test_frame_wire_and_text_are_cached() -> None:
@@ -148,8 +150,8 @@ async def test_publish_request_queues_one_frame_object_per_event_for_all() -> No
         first = batches[0][i]
         assert all(b[i] is first for b in batches)
         # Stamped with the time it was accepted, for the delivery-latency histogram.
-        assert first.queued_at == pytest.approx(trio.current_time(), abs=5.0)
-        assert first.queued_at is not None
+        assert first.accepted_at == pytest.approx(trio.current_time(), abs=5.0)
+        assert first.accepted_at is not None
 
 
 # -- batch mode, served over MemoryTransport -----------------------------------------------
@@ -173,7 +175,7 @@ async def serve_batch(
     raw = await client.receive_raw()
     assert "\n" not in raw, raw
     confirmation: dict[str, Any] = json.loads(raw)
-    assert confirmation["message"] == CONFIRMATION_MESSAGE
+    assert confirmation["message"] == CONFIRMATION
     return client, confirmation
 
 
@@ -349,7 +351,7 @@ async def test_batch_confirmation_is_a_frame_of_its_own(
     client = await serve(nursery, hub, session)
     first = await client.receive_raw()
     assert "\n" not in first, first
-    assert json.loads(first)["message"] == CONFIRMATION_MESSAGE
+    assert json.loads(first)["message"] == CONFIRMATION
     assert await read_seqs(client, 3) == [[0, 1, 2]]
 
 
@@ -359,4 +361,4 @@ def test_replayed_copies_of_a_history_frame_share_one_wire_framing() -> None:
     frame = Frame(b'{"message":"m"}', 1.0, "pdfm", 7)
     first, second = frame.replayed(), frame.replayed()
     assert first.wire is second.wire is frame.wire
-    assert first.queued_at is None and first.seq == 7
+    assert first.accepted_at is None and first.seq == 7

@@ -17,7 +17,7 @@ from hubd.budget import (
 )
 from hubd.core.clientip import trusted_proxy_warnings
 from hubd.core.history import ENTRY_OVERHEAD
-from hubd.core.session import WRITE_BATCH
+from hubd.core.serving import WRITE_BATCH
 
 from .conftest import make_settings
 

@@ -27,7 +27,7 @@ from hubd.client import (
     Unsubscribed,
 )
 from hubd.client import connection as client_connection
-from hubd.client.subscription import CONFIRMATION
+from hubd.protocol.notices import CONFIRMATION
 
 URL = "http://hub.test:8080"
 CREDENTIALS = Credentials(token="t")

@@ -1,9 +1,9 @@
-"""The direct write path: a lone event is handed to an idle connection's `session.direct`
+"""The direct write path: a lone event is handed to an idle connection's `session.write_nowait`
 (a non-blocking write) from the publish call itself instead of waking its writer task;
 anything else is queued. A partial write queues the rest (`Frame.wire_bytes`) first, and
 the writer sends such raw bytes as they are and alone, also in batch mode.
 
-Sessions are served over `MemoryTransport` on trio's virtual clock; `session.direct` is a
+Sessions are served over `MemoryTransport` on trio's virtual clock; `session.write_nowait` is a
 plain function that records the bytes it is given and says how many it "took"."""
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from trio.testing import MockClock, wait_all_tasks_blocked
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from hubd.core.frame import Frame
-from hubd.core.hub import CONFIRMATION_MESSAGE, Hub
+from hubd.core.hub import Hub
 from hubd.core.publishing import publish_request
-from hubd.core.session import _joined
+from hubd.core.serving import _joined
 from hubd.protocol.envelope import Envelope, encode_bytes
+from hubd.protocol.notices import CONFIRMATION
 from hubd.protocol.wsframe import text_frame
-from hubd.web.fastpath import HypercornTransport
+from hubd.web.seam.direct_write import HypercornTransport
 
 from .conftest import (
     PUBLISHER,
@@ -41,7 +42,7 @@ from .conftest import (
 
 
 def fake_direct(*answers: int | None) -> tuple[Callable[[bytes], int], list[bytes]]:
-    """A `session.direct` stand-in and the list of bytes it was handed, one item per call.
+    """A `session.write_nowait` stand-in and the list of bytes it was handed, one item per call.
 
     The i-th call takes `answers[i]` bytes (None: all of them); once the answers run out,
     every call takes all it is given."""
@@ -117,11 +118,11 @@ async def serve_direct(
     confirmation has been written, the mailbox is empty and the writer is parked."""
     session = hub.admit(SUBSCRIBER, fresh_ip(), event_types, batch=batch)
     direct, calls = fake_direct(*answers)
-    session.direct = direct
+    session.write_nowait = direct
     transport = WireTransport()
     client = await serve(nursery, hub, session, transport)
     confirmation = await client.receive()
-    assert confirmation["message"] == CONFIRMATION_MESSAGE
+    assert confirmation["message"] == CONFIRMATION
     await settle()
     assert not session.mailbox
     assert not session.writing
@@ -138,7 +139,7 @@ def test_wire_bytes_frame_is_raw_and_its_wire_is_the_bytes_given() -> None:
     frame = Frame.wire_bytes(data)
     assert frame.raw is True
     assert frame.wire is data
-    assert frame.queued_at is None  # never observed by the latency histogram
+    assert frame.accepted_at is None  # never observed by the latency histogram
     assert frame.payload == b""
 
 
@@ -225,7 +226,7 @@ async def test_hub_publish_direct_hands_over_frame_wire_itself(
     hub = make_hub()
     client, transport, calls = await serve_direct(nursery, hub)
     frame = seq_frame(1)
-    assert hub.publish("pdfm", frame, direct=True) == 1
+    assert hub.publish("pdfm", frame, immediate=True) == 1
     assert calls == [frame.wire]
     assert calls[0] is frame.wire
     assert not client.session.mailbox
@@ -240,10 +241,10 @@ async def test_direct_write_is_one_latency_observation_of_the_time_since_accept(
     await trio.sleep(1)  # virtual time starts at 0: make the stamp a real time
     _, _, calls = await serve_direct(nursery, hub)
     frame = seq_frame(1)
-    assert frame.queued_at is not None and frame.queued_at > 0
+    assert frame.accepted_at is not None and frame.accepted_at > 0
     await trio.sleep(0.25)
     assert hub.latency.count == 0
-    hub.publish("pdfm", frame, direct=True)
+    hub.publish("pdfm", frame, immediate=True)
     assert calls == [frame.wire]
     assert hub.latency.count == 1
     assert hub.latency.sum == pytest.approx(0.25)
@@ -258,9 +259,9 @@ async def test_fan_out_writes_directly_to_idle_sessions_and_queues_for_busy_ones
     idle = [await serve_direct(nursery, hub) for _ in range(3)]
     busy = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")  # confirmation still queued
     busy_direct, busy_calls = fake_direct()
-    busy.direct = busy_direct
+    busy.write_nowait = busy_direct
     frame = seq_frame(7)
-    assert hub.publish("pdfm", frame, direct=True) == 4
+    assert hub.publish("pdfm", frame, immediate=True) == 4
     for client, _, calls in idle:
         assert calls == [frame.wire]
         assert calls[0] is frame.wire  # built once for everyone
@@ -294,7 +295,7 @@ async def test_batch_publish_request_never_calls_direct(
 async def test_a_one_event_array_counts_as_a_lone_event(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
-    """`direct=` follows the number of events, not the request shape: `[event]` is answered
+    """`immediate=` follows the number of events, not the request shape: `[event]` is answered
     as a batch (`ids`) but its one event is written directly like a lone one."""
     hub = make_hub()
     client, _, calls = await serve_direct(nursery, hub)
@@ -328,14 +329,14 @@ async def test_no_direct_write_while_the_confirmation_is_still_queued(
     hub = make_hub()
     session = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")
     direct, calls = fake_direct()
-    session.direct = direct
+    session.write_nowait = direct
     publish_request(hub, PUBLISHER, publish_body({"event_type": "pdfm", "message": "EARLY"}))
     frame = seq_frame(2)
-    hub.publish("pdfm", frame, direct=True)
+    hub.publish("pdfm", frame, immediate=True)
     assert calls == []
     assert len(session.mailbox) == 3
     client = await serve(nursery, hub, session, WireTransport())
-    assert (await client.receive())["message"] == CONFIRMATION_MESSAGE
+    assert (await client.receive())["message"] == CONFIRMATION
     assert (await client.receive())["message"] == "EARLY"
     assert (await client.receive())["body"] == 2
     await settle()
@@ -350,8 +351,8 @@ async def test_no_direct_write_while_frames_are_queued(
     hub = make_hub()
     client, transport, calls = await serve_direct(nursery, hub, 0)
     first, second = seq_frame(1), seq_frame(2)
-    hub.publish("pdfm", first, direct=True)
-    hub.publish("pdfm", second, direct=True)
+    hub.publish("pdfm", first, immediate=True)
+    hub.publish("pdfm", second, immediate=True)
     assert calls == [first.wire]
     assert len(client.session.mailbox) == 2
     assert (await client.receive())["body"] == 1
@@ -373,7 +374,7 @@ async def test_no_direct_write_while_the_writer_holds_frames(
     await settle()
     assert session.writing is True
     assert not session.mailbox
-    hub.publish("pdfm", behind, direct=True)
+    hub.publish("pdfm", behind, immediate=True)
     assert calls == []
     assert len(session.mailbox) == 1
     transport.resume()
@@ -382,7 +383,7 @@ async def test_no_direct_write_while_the_writer_holds_frames(
     await settle()
     assert session.writing is False
     # Idle again: the next lone event is written directly.
-    hub.publish("pdfm", later, direct=True)
+    hub.publish("pdfm", later, immediate=True)
     assert calls == [later.wire]
     assert transport.frames_after(1) == [held, behind]
 
@@ -395,7 +396,7 @@ async def test_no_direct_write_once_the_mailbox_is_closed(
     session = client.session
     session.request_close(1001, "going away")
     assert session.mailbox.closed and not session.mailbox and not session.writing
-    assert hub.publish("pdfm", seq_frame(1), direct=True) == 0
+    assert hub.publish("pdfm", seq_frame(1), immediate=True) == 0
     assert calls == []
     assert session.mailbox.dropped_total == 1
     assert hub.delivered["pdfm"] == 0
@@ -435,12 +436,12 @@ async def test_partial_write_queues_the_rest_as_raw_bytes_first(
     client, transport, calls = await serve_direct(nursery, hub, 7)
     session = client.session
     first, second = seq_frame(1), seq_frame(2)
-    assert hub.publish("pdfm", first, direct=True) == 1
+    assert hub.publish("pdfm", first, immediate=True) == 1
     assert calls == [first.wire]
     assert len(session.mailbox) == 1  # the rest of `first`
     assert hub.latency.count == 1
-    hub.publish("pdfm", second, direct=True)  # queued behind the rest
-    # A lone publish request: direct=True, but it queues too.
+    hub.publish("pdfm", second, immediate=True)  # queued behind the rest
+    # A lone publish request: immediate=True, but it queues too.
     publish_request(hub, PUBLISHER, publish_body({"event_type": "pdfm", "message": "S", "body": 3}))
     assert len(calls) == 1
     assert len(session.mailbox) == 3
@@ -467,12 +468,12 @@ async def test_after_the_rest_is_written_the_connection_is_idle_again(
     hub = make_hub()
     client, transport, calls = await serve_direct(nursery, hub, 3)
     first, second = seq_frame(1), seq_frame(2)
-    hub.publish("pdfm", first, direct=True)
+    hub.publish("pdfm", first, immediate=True)
     await settle()
     (rest,) = transport.frames_after(1)
     assert rest.raw and rest.wire == first.wire[3:]
     assert not client.session.mailbox and not client.session.writing
-    hub.publish("pdfm", second, direct=True)
+    hub.publish("pdfm", second, immediate=True)
     assert calls == [first.wire, second.wire]
     assert not client.session.mailbox
     assert messages(calls[0][:3] + rest.wire + calls[1]) == [first.text, second.text]
@@ -484,9 +485,9 @@ async def test_batch_mode_writes_the_rest_alone_and_joins_the_events_after_it(
     hub = make_hub(batch_max=8)
     client, transport, calls = await serve_direct(nursery, hub, 5, batch=True)
     first, second, third = seq_frame(1), seq_frame(2), seq_frame(3)
-    hub.publish("pdfm", first, direct=True)
-    hub.publish("pdfm", second, direct=True)
-    hub.publish("pdfm", third, direct=True)
+    hub.publish("pdfm", first, immediate=True)
+    hub.publish("pdfm", second, immediate=True)
+    hub.publish("pdfm", third, immediate=True)
     assert calls == [first.wire]
     raw = await client.receive_raw()
     assert raw == second.text + "\n" + third.text
@@ -510,9 +511,9 @@ async def test_drop_oldest_overflow_never_discards_the_rest_of_a_partial_write(
     hub = make_hub(queue_size=2, slow_consumer="drop_oldest")
     _, transport, calls = await serve_direct(nursery, hub, 5)
     first, second, third = seq_frame(1), seq_frame(2), seq_frame(3)
-    hub.publish("pdfm", first, direct=True)
-    hub.publish("pdfm", second, direct=True)  # mailbox: [rest, second]
-    hub.publish("pdfm", third, direct=True)  # full: drop_oldest pops the rest
+    hub.publish("pdfm", first, immediate=True)
+    hub.publish("pdfm", second, immediate=True)  # mailbox: [rest, second]
+    hub.publish("pdfm", third, immediate=True)  # full: drop_oldest pops the rest
     await settle()
     stream = calls[0][:5] + transport.bytes_after(1)
     # Whatever was dropped, the frame the socket took in part must be completed first.
@@ -526,12 +527,12 @@ async def test_disconnect_overflow_completes_a_partial_write_before_the_close(
     hub = make_hub(queue_size=2, slow_consumer="disconnect")
     client, transport, calls = await serve_direct(nursery, hub, 5)
     first = seq_frame(1)
-    hub.publish("pdfm", first, direct=True)
-    hub.publish("pdfm", seq_frame(2), direct=True)
-    hub.publish("pdfm", seq_frame(3), direct=True)
+    hub.publish("pdfm", first, immediate=True)
+    hub.publish("pdfm", seq_frame(2), immediate=True)
+    hub.publish("pdfm", seq_frame(3), immediate=True)
     # The rest of the cut frame sits outside the queue's capacity: the fourth event
     # overflows the two queued ones and closes with 1013.
-    hub.publish("pdfm", seq_frame(4), direct=True)
+    hub.publish("pdfm", seq_frame(4), immediate=True)
     closed = await client.expect_close()
     assert closed.code == 1013
     # Before the close frame goes out, the bytes on the wire must end on a frame boundary.
@@ -587,7 +588,7 @@ async def _fastpath_fallback(
     session = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")
     session.mailbox.take(1)  # the confirmation
     transport.attach(session)
-    assert session.direct == transport.try_write
+    assert session.write_nowait == transport.try_write
     frame = seq_frame(1)
     done = trio.Event()
 
@@ -598,7 +599,7 @@ async def _fastpath_fallback(
         done.set()
 
     async with server.send_lock:  # Hypercorn is in the middle of its own write
-        assert session.direct(b"x") == 0  # try_write backs off while the lock is held
+        assert session.write_nowait(b"x") == 0  # try_write backs off while the lock is held
         nursery.start_soon(writer)
         await wait_all_tasks_blocked()
         assert not done.is_set(), "send_frames returned without writing"

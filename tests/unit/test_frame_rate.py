@@ -15,7 +15,8 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from hubd.core.hub import CLOSE_POLICY, Hub
+from hubd.core.close_codes import CLOSE_POLICY
+from hubd.core.hub import Hub
 from hubd.core.transport import Closed
 
 from .conftest import SUBSCRIBER, Client, connect, make_hub

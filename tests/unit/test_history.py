@@ -15,8 +15,9 @@ from trio.testing import MockClock
 from hubd.core.errors import HubError
 from hubd.core.frame import Frame
 from hubd.core.history import ENTRY_OVERHEAD, EventIds, History, make_id, parse_id
-from hubd.core.hub import Hub, Session
+from hubd.core.hub import Hub
 from hubd.core.publishing import publish_request
+from hubd.core.session import Session
 
 from .conftest import ADMIN, SUBSCRIBER, fresh_ip, make_hub, publish_body, queued
 
@@ -219,7 +220,7 @@ async def test_replay_is_not_counted_as_fresh_delivery_latency(
     await trio.sleep(30)
     session = resume(hub, "pdfm", first)
     frames = session.mailbox.take(10)
-    assert all(f.queued_at is None for f in frames)
+    assert all(f.accepted_at is None for f in frames)
 
 
 async def test_replay_may_exceed_the_queue_bound() -> None:

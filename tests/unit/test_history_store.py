@@ -19,7 +19,8 @@ from hubd import reload
 from hubd.core.auth import Authenticator
 from hubd.core.frame import Frame
 from hubd.core.history import EventIds, History
-from hubd.core.history_store import MAX_SEQ, UNCLEAN_JUMP, HistoryStore, StoreUnusable
+from hubd.core.history_file import MAX_SEQ
+from hubd.core.history_store import UNCLEAN_JUMP, HistoryStore, StoreUnusable
 from hubd.core.hub import Hub
 from hubd.metrics import HttpCounts, Metrics
 from hubd.service import check_history_path, open_history

@@ -12,8 +12,10 @@ import trio.testing
 
 from hubd.core.errors import HubError
 from hubd.core.frame import Frame
-from hubd.core.hub import CONFIRMATION_MESSAGE, Hub
+from hubd.core.hub import Hub
+from hubd.core.unsubscribe import unsubscribe
 from hubd.protocol.envelope import Envelope, encode_bytes
+from hubd.protocol.notices import CONFIRMATION
 
 from .conftest import ADMIN, PUBLISHER, SUBSCRIBER, admit, make_hub, principal, queued
 
@@ -166,13 +168,13 @@ async def test_confirmation_is_the_first_frame_exactly() -> None:
     assert confirmation["message"] == (
         "WebSocket connection established subscribed to global by default"
     )
-    assert confirmation["message"] == CONFIRMATION_MESSAGE
+    assert confirmation["message"] == CONFIRMATION
     assert list(confirmation["body"]) == ["client_id", "subscriptions"]
     assert confirmation["body"] == {
         "client_id": s.client_id,
         "subscriptions": ["pdfm", "health", "orchestrator", "global"],
     }
-    assert [f["message"] for f in frames] == [CONFIRMATION_MESSAGE, "EVT"]
+    assert [f["message"] for f in frames] == [CONFIRMATION, "EVT"]
 
 
 async def test_confirmation_without_event_types_lists_global_only() -> None:
@@ -350,7 +352,7 @@ async def test_unsubscribe_removes_channels_and_stops_delivery() -> None:
     hub = make_hub()
     s = admit(hub, SUBSCRIBER, "pdfm,health,orchestrator")
     await queued(s)
-    result = hub.unsubscribe(SUBSCRIBER, s.client_id, ["PDFM ", "health"])
+    result = unsubscribe(hub, SUBSCRIBER, s.client_id, ["PDFM ", "health"])
     assert result.client_id == s.client_id
     assert result.unsubscribed == ["pdfm", "health"]
     assert result.ignored == []
@@ -366,7 +368,7 @@ async def test_unsubscribe_notifies_the_client() -> None:
     hub = make_hub()
     s = admit(hub, SUBSCRIBER, "pdfm,health")
     await queued(s)
-    hub.unsubscribe(SUBSCRIBER, s.client_id, ["pdfm"])
+    unsubscribe(hub, SUBSCRIBER, s.client_id, ["pdfm"])
     (notice,) = await queued(s)
     assert notice["event_type"] == "global"
     assert notice["client_id"] == s.client_id
@@ -376,7 +378,7 @@ async def test_unsubscribe_notifies_the_client() -> None:
 async def test_global_listed_with_others_is_ignored_and_reported() -> None:
     hub = make_hub()
     s = admit(hub, SUBSCRIBER, "pdfm")
-    result = hub.unsubscribe(SUBSCRIBER, s.client_id, ["global", "pdfm"])
+    result = unsubscribe(hub, SUBSCRIBER, s.client_id, ["global", "pdfm"])
     assert result.unsubscribed == ["pdfm"]
     assert result.ignored == ["global"]
     assert result.subscriptions == ["global"]
@@ -386,7 +388,7 @@ async def test_global_listed_with_others_is_ignored_and_reported() -> None:
 async def test_channel_not_subscribed_is_ignored() -> None:
     hub = make_hub()
     s = admit(hub, SUBSCRIBER, "pdfm")
-    result = hub.unsubscribe(SUBSCRIBER, s.client_id, ["health"])
+    result = unsubscribe(hub, SUBSCRIBER, s.client_id, ["health"])
     assert (result.unsubscribed, result.ignored) == ([], ["health"])
     assert result.subscriptions == ["pdfm", "global"]
 
@@ -394,13 +396,13 @@ async def test_channel_not_subscribed_is_ignored() -> None:
 async def test_removing_every_channel_leaves_global() -> None:
     hub = make_hub()
     s = admit(hub, SUBSCRIBER, "pdfm,health")
-    result = hub.unsubscribe(SUBSCRIBER, s.client_id, ["pdfm", "health"])
+    result = unsubscribe(hub, SUBSCRIBER, s.client_id, ["pdfm", "health"])
     assert result.subscriptions == ["global"]
 
 
 def unsubscribe_error(hub: Hub, who: Any, client_id: str, channels: list[str]) -> HubError:
     with pytest.raises(HubError) as info:
-        hub.unsubscribe(who, client_id, channels)
+        unsubscribe(hub, who, client_id, channels)
     return info.value
 
 
@@ -454,6 +456,6 @@ async def test_unsubscribing_another_principals_client_is_403() -> None:
 async def test_admin_may_unsubscribe_anyone() -> None:
     hub = make_hub()
     s = admit(hub, SUBSCRIBER, "pdfm")
-    result = hub.unsubscribe(ADMIN, s.client_id, ["pdfm"])
+    result = unsubscribe(hub, ADMIN, s.client_id, ["pdfm"])
     assert result.unsubscribed == ["pdfm"]
     assert hub.publish("pdfm", event("pdfm")) == 0

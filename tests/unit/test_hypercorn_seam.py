@@ -1,13 +1,15 @@
-"""hubd's server seam (`hubd.web.server`) over in-memory streams, against Hypercorn's own
+"""hubd's Hypercorn seam (`hubd.web.seam`) over in-memory streams, against Hypercorn's own
 `TCPServer` where the difference is the point.
 
 The stock-Hypercorn tests reproduce the upstream behaviour hubd guards against: when a
 Hypercorn release changes it (pgjones/hypercorn#225 fixed, the keep-alive timer changed),
 they fail and say which guard to revisit. The source fingerprints fail when the upstream
-functions that `hubd.web.server` re-implements change, so the copies are re-synced."""
+functions that `hubd.web.seam` re-implements change, so the copies are re-synced. The
+last test checks that only `hubd.web.seam` imports Hypercorn's private modules."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import hashlib
 import inspect
@@ -16,6 +18,7 @@ import os
 import struct
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -28,8 +31,9 @@ from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
-from hubd.web import server as seam
-from hubd.web.server import ServeOptions
+from hubd.web.seam import accept, direct_write
+from hubd.web.seam.connection import HubdTCPServer, ServeOptions
+from hubd.web.seam.throttle import ThrottleFilter
 
 HANDSHAKE = 10.0
 KEEP_ALIVE = 75.0
@@ -128,10 +132,10 @@ def _stock(stream: Any) -> TCPServer:
     return TCPServer(wrap_app(http_app, 0, None), _config(), WorkerContext(None), {}, stream)
 
 
-def _hubd(stream: Any, http2: bool = False) -> seam._TCPServer:
+def _hubd(stream: Any, http2: bool = False) -> HubdTCPServer:
     from hypercorn.utils import wrap_app
 
-    return seam._TCPServer(
+    return HubdTCPServer(
         wrap_app(http_app, 0, None),
         _config(),
         WorkerContext(None),
@@ -232,7 +236,7 @@ async def test_stock_hypercorn_still_raises_on_a_byte_behind_a_refused_upgrade(
     nursery: trio.Nursery,
 ) -> None:
     """pgjones/hypercorn#225. If this fails, Hypercorn changed: check whether the early-data
-    handling in `hubd.web.server._WSStream` is still needed."""
+    handling in `hubd.web.seam.protocol.HubdWSStream` is still needed."""
     conn = await _serve(nursery, _stock, capture=True)
     await conn.client.send_all(upgrade() + b"x")
     await conn.read_until_closed()
@@ -289,7 +293,7 @@ async def test_too_much_data_before_the_upgrade_is_answered_closes_with_1008(
 async def test_the_guard_logs_a_failing_connection_once_and_does_not_raise(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    counters = seam._Counters()
+    counters = accept.Counters()
 
     class Boom:
         async def run(self) -> None:
@@ -298,7 +302,7 @@ async def test_the_guard_logs_a_failing_connection_once_and_does_not_raise(
     _client, server = trio.testing.memory_stream_pair()
     with caplog.at_level(logging.WARNING, logger="hubd.server"):
         for _ in range(5):
-            await seam._guarded(lambda s: Boom(), counters, _ServerStream(server))  # type: ignore[arg-type,return-value]
+            await accept.guarded(lambda s: Boom(), counters, _ServerStream(server))  # type: ignore[arg-type,return-value]
     assert counters.failed.total == 5
     lines = [r for r in caplog.records if r.name == "hubd.server"]
     assert len(lines) == 1
@@ -477,7 +481,7 @@ async def test_accept_backs_off_on_emfile_and_logs_once_per_interval(
     autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    counters = seam._Counters()
+    counters = accept.Counters()
     listener = _Exhausted(failures=250)  # 25 s of retries at 0.1 s
     started = trio.current_time()
 
@@ -485,7 +489,7 @@ async def test_accept_backs_off_on_emfile_and_logs_once_per_interval(
         raise AssertionError("nothing was accepted")
 
     with caplog.at_level(logging.WARNING, logger="hubd.server"):
-        nursery.start_soon(seam._accept_loop, listener, nursery, handler, counters)
+        nursery.start_soon(accept.accept_loop, listener, nursery, handler, counters)
         await listener.recovered.wait()
     assert trio.current_time() - started == pytest.approx(25.0)
     assert counters.accept.total == 250
@@ -497,7 +501,7 @@ async def test_accept_backs_off_on_emfile_and_logs_once_per_interval(
 
 # -- the seam itself ----------------------------------------------------------------------
 
-# The upstream functions hubd.web.server re-implements with changes, by source digest.
+# The upstream functions hubd.web.seam re-implements with changes, by source digest.
 UPSTREAM = {
     (TCPServer, "run"): "fd34b021d1a86c98",
     (TCPServer, "_read_data"): "7ca747d922c65cf1",
@@ -514,7 +518,7 @@ def _digest(cls: type, name: str) -> str:
 
 def test_hypercorn_is_a_tested_version() -> None:
     assert version("hypercorn") == "0.18.0", (
-        "hubd.web.server and hubd.web.fastpath were tested with Hypercorn 0.18.0; re-run the "
+        "hubd.web.seam was tested with Hypercorn 0.18.0; re-run the "
         "seam and end-to-end tests, update the digests below, then widen the pin"
     )
 
@@ -522,7 +526,7 @@ def test_hypercorn_is_a_tested_version() -> None:
 @pytest.mark.parametrize(("cls", "name"), list(UPSTREAM))
 def test_the_upstream_code_hubd_re_implements_is_unchanged(cls: type, name: str) -> None:
     assert _digest(cls, name) == UPSTREAM[(cls, name)], (
-        f"Hypercorn's {cls.__name__}.{name} changed: re-sync hubd.web.server with it"
+        f"Hypercorn's {cls.__name__}.{name} changed: re-sync hubd.web.seam with it"
     )
 
 
@@ -539,25 +543,23 @@ def test_the_hooks_hubd_overrides_still_exist() -> None:
 async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
     nursery: trio.Nursery,
 ) -> None:
-    """hubd.web.fastpath finds Hypercorn's stream, protocol and socket owner behind the
-    ASGI `send` of a connection hubd serves: a Hypercorn change (or a change to the seam)
-    that would silently fall back to the slower plain ASGI path fails here."""
+    """`hubd.web.seam.direct_write` finds Hypercorn's stream, protocol and socket owner
+    behind the ASGI `send` of a connection hubd serves: a Hypercorn change (or a change to
+    the seam) that would silently fall back to the slower plain ASGI path fails here."""
     from hypercorn.utils import wrap_app
-
-    from hubd.web import fastpath
 
     found: list[object] = []
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         await receive()
-        stream = fastpath.hypercorn_stream(send)
+        stream = direct_write.hypercorn_stream(send)
         found.append(stream)
-        found.append(fastpath._tcp_server(stream) if stream is not None else None)
+        found.append(direct_write._tcp_server(stream) if stream is not None else None)
         await send({"type": "websocket.accept"})
         await receive()
 
-    def make(stream: Any) -> seam._TCPServer:
-        return seam._TCPServer(
+    def make(stream: Any) -> HubdTCPServer:
+        return HubdTCPServer(
             wrap_app(app, 0, None),
             _config(),
             WorkerContext(None),
@@ -572,15 +574,15 @@ async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
     stream, _server = found
     assert isinstance(stream, WSStream)
     assert isinstance(stream.send.__self__, H11Protocol)  # type: ignore[attr-defined]
-    # Over real TCP the socket owner is found too: tests/e2e/test_hostile_connections.py
-    # checks the `connected` log line says write=direct.
+    # Over real TCP the socket owner is found too: tests/e2e/test_observability.py and
+    # tests/e2e/test_hostile_connections.py check the `connected` log line says write=direct.
 
 
 async def test_hypercorns_error_log_is_throttled(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     logger = logging.getLogger("hypercorn.error.throttle-test")
-    logger.addFilter(seam.ThrottleFilter(limit=5, interval=10.0))
+    logger.addFilter(ThrottleFilter(limit=5, interval=10.0))
     with caplog.at_level(logging.ERROR, logger=logger.name):
         for _ in range(100):  # a client repeating whatever makes the app fail
             logger.error("Error in ASGI Framework %s", "x")
@@ -589,3 +591,54 @@ async def test_hypercorns_error_log_is_throttled(
     lines = [r.getMessage() for r in caplog.records if r.name == logger.name]
     assert len(lines) == 6
     assert lines[-1] == "Error in ASGI Framework y (95 more held back before this)"
+
+
+# Hypercorn's public API, which any module may use: its configuration object and its
+# stock trio entry point. Everything else in the `hypercorn` package is internal.
+PUBLIC_HYPERCORN = {("hypercorn.config", "Config"), ("hypercorn.trio", "serve")}
+
+
+def _hypercorn_imports(source: str) -> list[str]:
+    """The Hypercorn imports in `source` that are not `PUBLIC_HYPERCORN` (imports inside
+    functions count too)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] == "hypercorn"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] != "hypercorn":
+                continue
+            found += [
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if (node.module, a.name) not in PUBLIC_HYPERCORN
+            ]
+    return found
+
+
+def test_the_private_import_check_sees_every_form() -> None:
+    source = """
+import hypercorn.protocol.h11
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
+def later():
+    from hypercorn.utils import wrap_app
+"""
+    assert _hypercorn_imports(source) == [
+        "hypercorn.protocol.h11",
+        "hypercorn.trio.tcp_server.TCPServer",
+        "hypercorn.utils.wrap_app",
+    ]
+
+
+def test_only_the_seam_imports_hypercorns_internals() -> None:
+    package = Path(__file__).resolve().parents[2] / "hubd"
+    seam = package / "web" / "seam"
+    found = [
+        f"{path.relative_to(package.parent)} imports {name}"
+        for path in sorted(package.rglob("*.py"))
+        if not path.is_relative_to(seam)
+        for name in _hypercorn_imports(path.read_text(encoding="utf-8"))
+    ]
+    assert found == [], "Hypercorn's internals are used only in hubd/web/seam/"

@@ -17,9 +17,10 @@ import trio
 from trio.testing import MockClock
 
 from hubd.core import publishing
+from hubd.core.admission import check_owner, check_since, unknown_client
 from hubd.core.errors import HubError
-from hubd.core.hub import check_owner, check_since, unknown_client
 from hubd.core.publishing import decode_request, publish_request
+from hubd.core.unsubscribe import requested_channels, unsubscribe
 from hubd.logs import RateLimitedLog
 from hubd.protocol import envelope
 from hubd.protocol.channels import (
@@ -142,16 +143,16 @@ async def test_unsubscribe_over_the_channel_cap_is_refused_before_the_client_loo
     names = [f"n{i}" for i in range(40_000)]
     started = time.perf_counter()
     with pytest.raises(HubError) as info:
-        hub.unsubscribe(ADMIN, "no-such-client", names)
+        unsubscribe(hub, ADMIN, "no-such-client", names)
     assert time.perf_counter() - started < 0.5  # was 10.8 s
     err = info.value
     assert (err.status, err.code) == (400, "too_many_channels")
     assert "40000 channel names" in err.message
     assert "at most 64" in err.message
     with pytest.raises(HubError) as info:
-        hub.unsubscribe_channels(["pdfm"] * 65)
+        requested_channels(hub, ["pdfm"] * 65)
     assert info.value.code == "too_many_channels"
-    assert hub.unsubscribe_channels(["pdfm"] * 64) == ["pdfm"]
+    assert requested_channels(hub, ["pdfm"] * 64) == ["pdfm"]
 
 
 # -- JSON depth ------------------------------------------------------------------------------
@@ -433,7 +434,7 @@ async def test_refused_handshakes_are_logged_at_a_bounded_rate(
 
 
 async def test_frame_errors_quote_client_values_briefly() -> None:
-    from hubd.core.session import handle_frame
+    from hubd.core.client_frames import handle_frame
 
     from .conftest import make_hub, principal
 

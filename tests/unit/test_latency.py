@@ -259,7 +259,7 @@ async def test_each_subscriber_writing_an_event_is_one_observation(
 async def test_frames_without_an_accept_stamp_are_not_observed(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
-    """Only published events carry `queued_at`; a frame handed over without one is skipped."""
+    """Only published events carry `accepted_at`; a frame handed over without one is skipped."""
     hub = make_hub()
     client = await start(nursery, hub)
     hub.publish("pdfm", Frame(b'{"message":"unstamped"}'))

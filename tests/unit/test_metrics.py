@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio.testing import MockClock
 
 from hubd import __version__
-from hubd.core.hub import CLOSE_GOING_AWAY, Hub
+from hubd.core.close_codes import CLOSE_GOING_AWAY
+from hubd.core.hub import Hub
 from hubd.core.latency import BUCKETS
 from hubd.core.publishing import publish_request
 from hubd.metrics import CONTENT_TYPE, HttpCounts, Metrics

@@ -20,10 +20,11 @@ from hubd.backplane.redis import GAP, RedisBackplane
 from hubd.backplane.redis.wire import Snapshot as _Snapshot
 from hubd.client import Credentials, Gap, HubClient, Notice
 from hubd.client import connection as client_connection
-from hubd.client.subscription import CONFIRMATION
 from hubd.core.frame import Frame
-from hubd.core.hub import Hub, Session
+from hubd.core.hub import Hub
+from hubd.core.session import Session
 from hubd.metrics import HttpCounts, Metrics
+from hubd.protocol.notices import CONFIRMATION
 from hubd.settings import BackplaneSettings, ConfigError
 
 from .conftest import SUBSCRIBER, Client, connect, fresh_ip, make_hub, make_settings
@@ -60,7 +61,7 @@ async def test_the_notice_comes_between_the_events_before_the_hole_and_after_it(
     hub.publish("pdfm", frame(1), seq=1)
     hub.publish("pdfm", frame(2), seq=2)
     assert hub.missed(["pdfm"], 7, "backplane_gap") == 1
-    hub.publish("pdfm", frame(9), seq=9, direct=True)  # not written ahead of the notice
+    hub.publish("pdfm", frame(9), seq=9, immediate=True)  # not written ahead of the notice
     got = await received(client, 4)
     assert [f["message"] for f in got] == ["E1", "E2", "events_dropped", "E9"]
     notice = got[2]

@@ -13,11 +13,13 @@ from trio.testing import MockClock
 
 from hubd import reload
 from hubd.core.auth import Authenticator, Principal
+from hubd.core.close_codes import CLOSE_REVOKED, CLOSE_TRY_AGAIN_LATER
 from hubd.core.errors import HubError
 from hubd.core.frame import Frame
-from hubd.core.hub import CLOSE_REVOKED, CLOSE_TRY_AGAIN_LATER, Hub
+from hubd.core.hub import Hub
 from hubd.core.mailbox import Overflow
 from hubd.core.transport import Closed
+from hubd.core.unsubscribe import unsubscribe
 from hubd.protocol.envelope import Envelope, encode_bytes
 from hubd.settings import Settings, load_settings_text
 from hubd.web.context import WebContext
@@ -154,7 +156,7 @@ async def test_a_renamed_principal_with_the_same_secret_stays_under_its_new_name
     assert alice.session.principal.name == "alice-renamed"
     await assert_receives(alice, "pdfm", "STILL-HERE")
     # The new name owns the connection: it may unsubscribe it.
-    result = ctx.hub.unsubscribe(bearer(ctx, "alice-token"), alice.client_id, ["pdfm"])
+    result = unsubscribe(ctx.hub, bearer(ctx, "alice-token"), alice.client_id, ["pdfm"])
     assert result.unsubscribed == ["pdfm"]
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from hubd.backplane.redis import RedisBackplane
 from hubd.core.frame import Frame
-from hubd.core.hub import Hub, Session
+from hubd.core.hub import Hub
+from hubd.core.session import Session
 from hubd.settings import BackplaneSettings
 
 from .conftest import SUBSCRIBER, fresh_ip, make_hub

@@ -13,11 +13,12 @@ import trio.lowlevel
 import trio.testing
 from trio.testing import MockClock
 
+from hubd.core.close_codes import CLOSE_GRACE
 from hubd.core.frame import Frame
-from hubd.core.hub import CONFIRMATION_MESSAGE, Hub
-from hubd.core.session import CLOSE_GRACE
+from hubd.core.hub import Hub
 from hubd.core.transport import Closed, MemoryTransport
 from hubd.protocol.envelope import Envelope, encode_bytes
+from hubd.protocol.notices import CONFIRMATION
 
 from .conftest import SUBSCRIBER, Client, StalledTransport, admit, connect, make_hub, serve
 
@@ -49,7 +50,7 @@ async def test_confirmation_is_the_first_frame(
     client = await connect(nursery, hub, SUBSCRIBER, "pdfm,health", read_confirmation=False)
     hub.publish("pdfm", event("pdfm"))
     first = await client.receive()
-    assert first["message"] == CONFIRMATION_MESSAGE
+    assert first["message"] == CONFIRMATION
     assert first["event_type"] == "global"
     assert first["body"] == {
         "client_id": client.client_id,
@@ -572,7 +573,7 @@ def _writer_tasks() -> int:
     todo = [trio.lowlevel.current_root_task()]
     while todo:
         task = todo.pop()
-        if task.name.endswith("serve_session.<locals>.writer"):
+        if task.name.endswith("_hooks.<locals>.writer"):
             count += 1
         for child in task.child_nurseries:
             todo.extend(child.child_tasks)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import trio
@@ -31,7 +30,16 @@ from hubd.settings import Settings, load_settings_text
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext
 
-from ..e2e.helpers import CONFIRMATION_MESSAGE, SUB, config_for, render_config
+from ..helpers import (
+    CONFIRMATION_MESSAGE,
+    SUB,
+    SubscriberBase,
+    config_for,
+    error_object,
+    render_config,
+    subscribe_path,
+    unwrap_group,
+)
 
 # Generous: everything in process takes microseconds; only hit when something is broken.
 WAIT = 5.0
@@ -96,7 +104,7 @@ class InProcessHubd:
                 finally:
                     await ws.aclose()
         except BaseExceptionGroup as group:
-            raise unwrap(group) from None
+            raise unwrap_group(group) from None
 
     async def rejected(
         self,
@@ -146,34 +154,6 @@ def build_hubd(settings: Settings, *, ready: bool = True) -> InProcessHubd:
     return InProcessHubd(ctx, app)
 
 
-def subscribe_path(
-    channels: str | Sequence[str] | None = None,
-    *,
-    prefix: str = "/v1",
-    access_token: str | None = None,
-    query: Mapping[str, str] | None = None,
-) -> str:
-    params: dict[str, str] = {}
-    if channels is not None:
-        params["event_types"] = channels if isinstance(channels, str) else ",".join(channels)
-    if access_token is not None:
-        params["access_token"] = access_token
-    params.update(query or {})
-    path = f"{prefix}/ws/subscribe"
-    return f"{path}?{urlencode(params)}" if params else path
-
-
-def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one meaningful exception out of a nursery's group (trio wraps everything)."""
-    inner = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)] or list(
-        group.exceptions
-    )
-    if len(inner) == 1:
-        only = inner[0]
-        return unwrap(only) if isinstance(only, BaseExceptionGroup) else only
-    return group
-
-
 # -- the fake WebSocket --------------------------------------------------------------------
 
 
@@ -192,14 +172,6 @@ class Rejected(Exception):
         assert self.headers.get("content-type") == "application/json", self.headers
         assert self.headers.get("content-length") == str(len(self.body)), self.headers
         return error_object(json.loads(self.body))
-
-
-def error_object(body: Any) -> dict[str, str]:
-    assert isinstance(body, dict), body
-    assert list(body) == ["error", "message"], body
-    assert isinstance(body["error"], str) and body["error"], body
-    assert isinstance(body["message"], str) and body["message"], body
-    return body
 
 
 @dataclass
@@ -357,29 +329,23 @@ class FakeWebSocket:
         await self.wait_app_done()
 
 
-class Subscriber:
-    """A connected subscriber whose confirmation frame has been read."""
+class Subscriber(SubscriberBase):
+    """A connected subscriber over the fake WebSocket whose confirmation has been read."""
+
+    wait = WAIT
 
     def __init__(self, ws: FakeWebSocket) -> None:
+        super().__init__()
         self.ws = ws
-        self.confirmation: dict[str, Any] = {}
 
     @property
     def ip(self) -> str:
         return self.ws.ip
 
-    @property
-    def client_id(self) -> str:
-        return str(self.confirmation["body"]["client_id"])
-
-    @property
-    def subscriptions(self) -> list[str]:
-        return list(self.confirmation["body"]["subscriptions"])
-
     async def recv(self) -> dict[str, Any]:
-        event = await self.ws.receive_json()
-        assert isinstance(event, dict), event
-        return event
+        frame = await self.ws.receive_json()
+        assert isinstance(frame, dict), frame
+        return frame
 
     async def send(self, frame: Any) -> None:
         if isinstance(frame, bytes):
@@ -388,22 +354,6 @@ class Subscriber:
             await self.ws.send_text(frame)
         else:
             await self.ws.send_json(frame)
-
-    async def request(self, frame: Any) -> dict[str, Any]:
-        """Send one client frame and return the next server frame."""
-        await self.send(frame)
-        return await self.recv()
-
-    async def until(
-        self, predicate: Callable[[dict[str, Any]], bool]
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Read frames until one matches; return it and every frame read before it."""
-        before: list[dict[str, Any]] = []
-        while True:
-            event = await self.recv()
-            if predicate(event):
-                return event, before
-            before.append(event)
 
     async def closed(self, within: float = WAIT) -> Closed:
         return await self.ws.expect_close(within)

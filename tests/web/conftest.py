@@ -9,26 +9,14 @@ from typing import Any
 import httpx
 import pytest
 
+from ..helpers import shared_sections
 from .asgi import InProcessHubd, build_hubd, settings_for
 
-# Settings of the `hubd` fixture that tests rely on (those of the end-to-end hub_server).
-EXTRA_CHANNEL = "builds"
-MAX_MESSAGE_BYTES = 4096
-MAX_PUBLISH_BYTES = 262144
+# Inside the shared config's trusted proxy range; ordinary clients (`asgi.client_ip`) come
+# from 10.20.0.0/16.
 TRUSTED_PROXY_NET = "10.77.0.0/16"
 
 MakeHubd = Callable[..., InProcessHubd]
-
-
-def shared_sections() -> dict[str, dict[str, Any]]:
-    return {
-        "hub": {
-            "channels": [EXTRA_CHANNEL],
-            "max_message_bytes": MAX_MESSAGE_BYTES,
-            "max_publish_bytes": MAX_PUBLISH_BYTES,
-        },
-        "limits": {"trusted_proxies": [TRUSTED_PROXY_NET]},
-    }
 
 
 @pytest.fixture
@@ -37,7 +25,7 @@ def make_hubd() -> MakeHubd:
     Call it inside the test (the hub needs a running trio loop)."""
 
     def make(**sections: Mapping[str, Any]) -> InProcessHubd:
-        merged = shared_sections()
+        merged = shared_sections(TRUSTED_PROXY_NET)
         for name, values in sections.items():
             merged.setdefault(name, {}).update(values)
         return build_hubd(settings_for(**merged))

@@ -1,17 +1,17 @@
-"""Health, readiness, the admin views (stats, clients) and /metrics, in process. Ported
-from tests/e2e/test_observability.py and tests/e2e/test_batch_and_stats.py."""
+"""Health, readiness, the admin views (stats, clients) and /metrics, in process.
+tests/e2e/test_observability.py keeps a smoke test of each over real sockets, the counts
+after real traffic, the separate metrics listener and the logs."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import httpx
 import pytest
 
 from hubd import __version__
 
-from ..e2e.helpers import (
+from ..helpers import (
     ADMIN,
+    PROMETHEUS,
     PUB,
     PUB_TOKEN,
     SUB,
@@ -20,11 +20,10 @@ from ..e2e.helpers import (
     assert_json_error,
     bearer,
     event,
+    find_client,
 )
 from .asgi import InProcessHubd
 from .conftest import MakeHubd
-
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def assert_admin_only(responses: dict[str, httpx.Response]) -> None:
@@ -120,13 +119,6 @@ async def test_stats_count_traffic(hubd: InProcessHubd, http: httpx.AsyncClient)
 
 
 # -- GET /v1/ws/clients --------------------------------------------------------------------
-
-
-def find_client(body: dict[str, Any], client_id: str) -> dict[str, Any]:
-    assert body["count"] == len(body["clients"]), body
-    (found,) = [c for c in body["clients"] if c["client_id"] == client_id]
-    assert isinstance(found, dict)
-    return found
 
 
 @pytest.mark.parametrize("prefix", ["/v1", "/api/v1"])

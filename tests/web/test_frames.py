@@ -1,7 +1,8 @@
 """What a connected subscriber sees, in process: the confirmation frame, a subscribe +
 publish + receive round trip, ping/pong, client-id, error events for bad frames (the
-connection lives on), the frame size limit (1009) and the idle deadline (4408). Ported
-from tests/e2e/test_frames.py."""
+connection lives on), the frame size limit (1009) and the idle deadline (4408).
+tests/e2e/test_frames.py keeps what needs real sockets and a real Hypercorn: the frame
+limit, the idle close in real time, the confirmation racing a stream of events."""
 
 from __future__ import annotations
 
@@ -12,13 +13,23 @@ import httpx
 import pytest
 import trio
 
-from hubd.web.fastpath import hypercorn_stream
+from hubd.web.seam.direct_write import hypercorn_stream
 
-from ..e2e.helpers import ADMIN, CONFIRMATION_MESSAGE, HEX64, PUB, TIMESTAMP, assert_uuid4, event
+from ..helpers import (
+    ADMIN,
+    CONFIRMATION_MESSAGE,
+    HEX64,
+    MAX_MESSAGE_BYTES,
+    PING,
+    PUB,
+    TIMESTAMP,
+    assert_uuid4,
+    event,
+    padded_ping,
+)
 from .asgi import InProcessHubd, Subscriber
-from .conftest import MAX_MESSAGE_BYTES, MakeHubd
+from .conftest import MakeHubd
 
-PING = {"event_type": "health", "message": "ping"}
 CLIENT_ID = {"event_type": "system", "message": "client-id"}
 
 
@@ -76,6 +87,12 @@ async def test_event_types_normalisation(
 ) -> None:
     async with hubd.subscribe(requested) as client:
         assert client.subscriptions == expected
+
+
+async def test_each_connection_gets_its_own_ids(hubd: InProcessHubd) -> None:
+    async with hubd.subscribe("pdfm") as a, hubd.subscribe("pdfm") as b:
+        assert a.client_id != b.client_id
+        assert a.confirmation["id"] != b.confirmation["id"]
 
 
 async def test_round_trip_over_the_plain_asgi_transport(
@@ -162,6 +179,12 @@ async def test_client_id_with_system(hubd: InProcessHubd) -> None:
         assert reply["client_id"] == client.client_id
 
 
+async def test_client_id_without_system_gets_global_error(hubd: InProcessHubd) -> None:
+    async with hubd.subscribe("health") as client:
+        assert_error_event(await client.request(CLIENT_ID), client, "system")
+        await assert_usable(client)
+
+
 # -- bad frames ----------------------------------------------------------------------------
 
 
@@ -206,19 +229,6 @@ async def test_error_event_says_what_is_accepted(hubd: InProcessHubd) -> None:
 
 
 # -- frame size limit (hub.max_message_bytes) ----------------------------------------------
-
-
-def padded_ping(size: int, char: str = "x") -> str:
-    """A ping frame of exactly `size` UTF-8 bytes (padding in the id)."""
-    empty = json.dumps({**PING, "id": ""}, separators=(",", ":"))
-    room = size - len(empty.encode())
-    per_char = len(char.encode())
-    assert room % per_char == 0
-    frame = json.dumps(
-        {**PING, "id": char * (room // per_char)}, separators=(",", ":"), ensure_ascii=False
-    )
-    assert len(frame.encode()) == size
-    return frame
 
 
 async def test_frame_of_exactly_max_message_bytes_is_accepted(hubd: InProcessHubd) -> None:
@@ -268,15 +278,27 @@ async def test_idle_connection_is_closed_4408(
         assert trio.current_time() - start == pytest.approx(30.0, abs=0.5)
 
 
+@pytest.mark.parametrize(
+    ("channels", "frame", "answer"),
+    [
+        pytest.param("health,system", PING, "pong", id="ping"),
+        pytest.param("system", PING, "error", id="ping-without-health"),
+        pytest.param("system", {"event_type": "x", "message": "y"}, "error", id="unknown"),
+    ],
+)
 async def test_any_client_frame_moves_the_idle_deadline(
-    make_hubd: MakeHubd, autojump_clock: trio.testing.MockClock
+    make_hubd: MakeHubd,
+    autojump_clock: trio.testing.MockClock,
+    channels: str,
+    frame: dict[str, str],
+    answer: str,
 ) -> None:
     hubd = make_hubd(hub={"idle_timeout": 30.0})
-    async with hubd.subscribe("system") as client:
+    async with hubd.subscribe(channels) as client:
         start = trio.current_time()
         for _ in range(4):
             await trio.sleep(20.0)
-            assert_error_event(await client.request({"event_type": "x", "message": "y"}), client)
+            assert (await client.request(frame))["message"] == answer
         assert trio.current_time() - start >= 80.0  # well past one deadline, still open
         reply = await client.request(CLIENT_ID)
         assert reply["body"] == {"client-id": client.client_id}

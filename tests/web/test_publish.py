@@ -1,6 +1,7 @@
 """POST /v1/events in process: 202 answers, every refusal with its JSON error payload and
-headers, the size limit, the body deadline, and that a refused publish delivers nothing.
-Ported from tests/e2e/test_publish.py and tests/e2e/test_input_bounds.py."""
+headers, the size limit, the body deadline, that a refused publish delivers nothing, and
+which subscribers an event reaches. tests/e2e/test_publish.py keeps a smoke test over real
+sockets and the order of one publisher's events under real scheduling."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import httpx
 import pytest
 import trio
 
-from ..e2e.helpers import (
+from ..helpers import (
     ADMIN,
+    EXTRA_CHANNEL,
     HEX64,
+    MAX_PUBLISH_BYTES,
     PUB,
     PUB_PDFM,
     PUB_TOKEN,
@@ -27,7 +30,7 @@ from ..e2e.helpers import (
     event,
 )
 from .asgi import InProcessHubd, Subscriber
-from .conftest import EXTRA_CHANNEL, MAX_PUBLISH_BYTES, MakeHubd
+from .conftest import MakeHubd
 
 JSON_HEADERS = {**PUB, "Content-Type": "application/json"}
 
@@ -65,11 +68,23 @@ def refused(response: httpx.Response, status: int, code: str, *, close: bool) ->
     return error["message"]
 
 
-async def nothing_delivered(http: httpx.AsyncClient, client: Subscriber) -> None:
-    """A `global` marker published now is the next thing the client gets: whatever was
-    published before it reached the client first, or never."""
+async def delivered_before_marker(
+    http: httpx.AsyncClient, *clients: Subscriber
+) -> list[list[dict[str, Any]]]:
+    """Publish a `global` marker (every subscriber gets it); for each client, what it got
+    before the marker. Publishes are handed to every queue before their 202, so whatever
+    was published earlier reached a client before the marker, or never."""
     marker = (await publish_ok(http, event("global", "MARKER"), ADMIN))["id"]
-    assert (await client.recv())["id"] == marker
+    got = []
+    for client in clients:
+        _, before = await client.until(lambda e: e["id"] == marker)
+        got.append(before)
+    return got
+
+
+async def nothing_delivered(http: httpx.AsyncClient, client: Subscriber) -> None:
+    """A `global` marker published now is the next thing the client gets."""
+    assert await delivered_before_marker(http, client) == [[]]
 
 
 @pytest.fixture
@@ -99,11 +114,28 @@ async def test_single_event_202_and_delivered_envelope(
     assert TIMESTAMP.match(got["timestamp"])
 
 
-async def test_event_without_body_omits_body(http: httpx.AsyncClient, pdfm: Subscriber) -> None:
-    result = await publish_ok(http, event("pdfm", "NODE_UP"))
+@pytest.mark.parametrize("body", ["omitted", None], ids=["omitted", "null"])
+async def test_event_without_body_omits_body(
+    http: httpx.AsyncClient, pdfm: Subscriber, body: str | None
+) -> None:
+    payload = event("pdfm", "NODE_UP")
+    if body is None:
+        payload["body"] = None
+    result = await publish_ok(http, payload)
     got = await pdfm.recv()
     assert got["id"] == result["id"]
     assert list(got) == ["id", "event_type", "timestamp", "message"]
+
+
+async def test_falsy_bodies_are_kept(http: httpx.AsyncClient, pdfm: Subscriber) -> None:
+    bodies: list[Any] = [{}, [], 0, False, ""]
+    await publish_ok(http, [event(body=b) for b in bodies])
+    for expected in bodies:
+        assert (await pdfm.recv())["body"] == expected
+
+
+async def test_202_with_no_subscribers(http: httpx.AsyncClient) -> None:
+    assert HEX64.match((await publish_ok(http, event(EXTRA_CHANNEL, "BUILD_DONE")))["id"])
 
 
 async def test_batch_202_ids_in_order(hubd: InProcessHubd, http: httpx.AsyncClient) -> None:
@@ -121,6 +153,16 @@ async def test_batch_202_ids_in_order(hubd: InProcessHubd, http: httpx.AsyncClie
         assert [g["id"] for g in got] == ids
         assert [g["message"] for g in got] == ["A", "B", "C"]
         assert [g["event_type"] for g in got] == ["pdfm", "orchestrator", "pdfm"]
+
+
+async def test_batch_of_exactly_1000_events_accepted(
+    http: httpx.AsyncClient, pdfm: Subscriber
+) -> None:
+    result = await publish_ok(http, [event(body=i) for i in range(1000)])
+    assert len(result["ids"]) == 1000
+    got = [await pdfm.recv() for _ in range(1000)]
+    assert [g["body"] for g in got] == list(range(1000))
+    assert [g["id"] for g in got] == result["ids"]
 
 
 async def test_batch_of_one_still_answers_ids(http: httpx.AsyncClient) -> None:
@@ -298,6 +340,63 @@ async def test_targeted_publish_reaches_only_that_client(
         await nothing_delivered(http, b)
 
 
+async def test_targeted_global_event_from_admin(
+    hubd: InProcessHubd, http: httpx.AsyncClient
+) -> None:
+    async with hubd.subscribe() as a, hubd.subscribe() as b:
+        result = await publish_ok(http, event("global", "HELLO_A", client_id=a.client_id), ADMIN)
+        got = await a.recv()
+        assert (got["id"], got["client_id"]) == (result["id"], a.client_id)
+        await nothing_delivered(http, b)
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+async def test_pdfm_event_never_reaches_other_subscribers(
+    hubd: InProcessHubd, http: httpx.AsyncClient
+) -> None:
+    async with (
+        hubd.subscribe() as global_only,
+        hubd.subscribe("orchestrator,health,system") as others,
+        hubd.subscribe("pdfm") as pdfm,
+    ):
+        published = await publish_ok(http, [event("pdfm", body=i) for i in range(5)])
+        none, none_either, got = await delivered_before_marker(http, global_only, others, pdfm)
+        assert none == none_either == []
+        assert [g["id"] for g in got] == published["ids"]
+
+
+async def test_channel_events_reach_only_their_subscribers(
+    hubd: InProcessHubd, http: httpx.AsyncClient
+) -> None:
+    async with hubd.subscribe(EXTRA_CHANNEL) as builds, hubd.subscribe("orchestrator") as orch:
+        extra = await publish_ok(http, event(EXTRA_CHANNEL, "BUILD_DONE"))
+        cluster = await publish_ok(http, event("orchestrator", "NODE_UP"))
+        to_builds, to_orch = await delivered_before_marker(http, builds, orch)
+        assert [e["id"] for e in to_builds] == [extra["id"]]
+        assert [e["id"] for e in to_orch] == [cluster["id"]]
+
+
+async def test_global_event_reaches_everyone(hubd: InProcessHubd, http: httpx.AsyncClient) -> None:
+    async with (
+        hubd.subscribe() as a,
+        hubd.subscribe("pdfm") as b,
+        hubd.subscribe("health,system") as c,
+        hubd.subscribe(f"orchestrator,{EXTRA_CHANNEL}", SUB_KEY) as d,
+    ):
+        result = await publish_ok(http, event("global", "MAINTENANCE", body={"in": 5}), ADMIN)
+        for client in (a, b, c, d):
+            got = await client.recv()
+            assert got["id"] == result["id"]
+            assert (got["event_type"], got["message"], got["body"]) == (
+                "global",
+                "MAINTENANCE",
+                {"in": 5},
+            )
+            assert "client_id" not in got
+
+
 # -- size limit (hub.max_publish_bytes) ------------------------------------------------------
 
 
@@ -329,6 +428,15 @@ async def test_publish_over_max_publish_bytes_413(
     message = refused(response, 413, "payload_too_large", close=True)
     assert f"the request body is {size} bytes; the limit is {MAX_PUBLISH_BYTES}" in message
     assert "hub.max_publish_bytes" in message
+    await nothing_delivered(http, pdfm)
+
+
+async def test_413_batch_publishes_nothing(
+    hubd: InProcessHubd, http: httpx.AsyncClient, pdfm: Subscriber
+) -> None:
+    batch = [event(body={"pad": "y" * 1000, "i": i}) for i in range(MAX_PUBLISH_BYTES // 1000)]
+    refused(await publish(http, batch), 413, "payload_too_large", close=True)
+    assert hubd.hub.stats()["published"] == 0
     await nothing_delivered(http, pdfm)
 
 

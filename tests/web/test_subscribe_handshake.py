@@ -1,17 +1,28 @@
 """The subscribe handshake in process: accepted credentials, every refusal before the
 upgrade (a JSON answer instead of the 101), the one-connection-per-IP slot, max_connections,
-trusted proxies, Origin, and the subscribe path over plain HTTP. Ported from
-tests/e2e/test_subscribe_handshake.py, tests/e2e/test_origin.py and
-tests/e2e/test_batch_and_stats.py."""
+trusted proxies, Origin, `?batch=`, and the subscribe path over plain HTTP.
+tests/e2e/test_subscribe_handshake.py keeps what needs real sockets and addresses (the 409
+from one source address, slots released as real connections end, listen addresses)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from ..e2e.helpers import ADMIN, PUB, PUB_TOKEN, SUB, SUB_KEY, SUB_PDFM, assert_json_error, bearer
-from .asgi import InProcessHubd, client_ip, subscribe_path
-from .conftest import EXTRA_CHANNEL, MakeHubd
+from ..helpers import (
+    ADMIN,
+    EXTRA_CHANNEL,
+    PUB,
+    PUB_TOKEN,
+    SUB,
+    SUB_KEY,
+    SUB_PDFM,
+    assert_json_error,
+    bearer,
+    subscribe_path,
+)
+from .asgi import InProcessHubd, client_ip
+from .conftest import MakeHubd
 
 BUILTIN = ["global", "pdfm", "orchestrator", "health", "system"]
 PROXY = "10.77.0.1"  # inside the trusted proxy range of the `hubd` fixture
@@ -94,6 +105,33 @@ async def test_400_unknown_channel_lists_valid_ones(hubd: InProcessHubd) -> None
     assert "nosuchchannel" in error["message"]
     for channel in [*BUILTIN, EXTRA_CHANNEL]:
         assert channel in error["message"]
+
+
+async def test_extra_channel_from_config_is_subscribable(hubd: InProcessHubd) -> None:
+    async with hubd.subscribe(EXTRA_CHANNEL) as sub:
+        assert sub.subscriptions == [EXTRA_CHANNEL, "global"]
+
+
+@pytest.mark.parametrize("prefix", ["/v1", "/api/v1"])
+@pytest.mark.parametrize("value", ["1", "true"])
+async def test_batch_confirmation_says_batch_true(
+    hubd: InProcessHubd, prefix: str, value: str
+) -> None:
+    async with hubd.subscribe("pdfm", prefix=prefix, query={"batch": value}) as sub:
+        assert sub.confirmation["body"] == {
+            "client_id": sub.client_id,
+            "subscriptions": ["pdfm", "global"],
+            "batch": True,
+        }
+
+
+@pytest.mark.parametrize("value", [None, "0", "false"], ids=["absent", "0", "false"])
+async def test_default_confirmation_has_no_batch_key(
+    hubd: InProcessHubd, value: str | None
+) -> None:
+    query = None if value is None else {"batch": value}
+    async with hubd.subscribe("pdfm", query=query) as sub:
+        assert list(sub.confirmation["body"]) == ["client_id", "subscriptions"]
 
 
 @pytest.mark.parametrize("value", ["maybe", "2", "on"])
@@ -198,10 +236,46 @@ async def test_trusted_proxy_uses_right_most_untrusted_hop(hubd: InProcessHubd) 
         assert view["ip"] == "203.0.113.10"
 
 
+async def test_trusted_proxy_x_real_ip_is_ignored_while_the_header_is_x_forwarded_for(
+    hubd: InProcessHubd,
+) -> None:
+    """limits.client_ip_header names one header (x-forwarded-for here): a proxy's X-Real-IP
+    is not read, so both connections count as the proxy itself."""
+    async with hubd.subscribe("pdfm", {**SUB, "X-Real-IP": "203.0.113.70"}, ip=PROXY):
+        rejection = await hubd.rejected(
+            subscribe_path("pdfm"), {**SUB, "X-Real-IP": "203.0.113.71"}, ip=PROXY
+        )
+        assert f"client IP {PROXY} " in rejection.error(409)["message"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="no-header"),
+        pytest.param({"X-Forwarded-For": PROXY2}, id="only-trusted-hops"),
+        pytest.param(
+            {"X-Forwarded-For": f"{PROXY2}, 10.77.0.3", "X-Real-IP": "203.0.113.60"},
+            id="only-trusted-hops-and-x-real-ip",
+        ),
+    ],
+)
+async def test_trusted_proxy_without_a_client_hop_counts_as_itself(
+    hubd: InProcessHubd, headers: dict[str, str]
+) -> None:
+    async with hubd.subscribe("pdfm", {**SUB, **headers}, ip=PROXY):
+        ((view,),) = [(await _clients(hubd))["clients"]]
+        assert view["ip"] == PROXY
+        (await hubd.rejected(subscribe_path("pdfm"), SUB, ip=PROXY)).error(409)
+        # A client named by the proxy is another client.
+        async with hubd.subscribe("pdfm", {**SUB, "X-Forwarded-For": "203.0.113.30"}, ip=PROXY):
+            pass
+
+
 @pytest.mark.parametrize(
     "spoof",
     [
         pytest.param({"X-Forwarded-For": "203.0.113.40"}, id="x-forwarded-for"),
+        pytest.param({"X-Forwarded-For": "203.0.113.41, 203.0.113.42"}, id="xff-chain"),
         pytest.param({"X-Real-IP": "203.0.113.43"}, id="x-real-ip"),
     ],
 )
@@ -225,30 +299,48 @@ async def _clients(hubd: InProcessHubd) -> dict[str, list[dict[str, str]]]:
 # -- Origin --------------------------------------------------------------------------------
 
 
+OPS = "https://ops.example.com"
+SAME = "http://hubd.test:80"  # the origin of a page served by the `hubd` fixture
+
+
 @pytest.mark.parametrize(
-    ("allowed", "origin", "ok"),
+    ("allowed", "origin", "refused_saying"),
     [
-        pytest.param([], None, True, id="default-no-origin"),
-        pytest.param([], "http://hubd.test:80", True, id="default-same-origin"),
-        pytest.param([], "https://evil.example", False, id="default-other-site"),
-        pytest.param([], "null", False, id="default-opaque"),
-        pytest.param(["https://ops.example.com"], "HTTPS://OPS.example.com/", True, id="listed"),
-        pytest.param(["https://ops.example.com"], "http://hubd.test:80", False, id="not-listed"),
-        pytest.param(["*"], "https://evil.example", True, id="star"),
+        # Without a list: clients sending no Origin, and same-origin pages only.
+        pytest.param([], None, None, id="default-no-origin"),
+        pytest.param([], SAME, None, id="default-same-origin"),
+        pytest.param([], "https://evil.example", "same-origin", id="default-other-site"),
+        pytest.param([], "http://hubd.test:81", "same-origin", id="default-other-port"),
+        pytest.param([], "http://localhost", "same-origin", id="default-other-host"),
+        pytest.param([], "null", "same-origin", id="default-opaque"),
+        # With a list: those origins only (compared case-insensitively, without a final /).
+        pytest.param([OPS], None, None, id="listed-no-origin"),
+        pytest.param([OPS], OPS, None, id="listed"),
+        pytest.param([OPS], "HTTPS://OPS.example.com/", None, id="listed-case-and-slash"),
+        pytest.param([OPS], "https://evil.example", OPS, id="not-listed"),
+        pytest.param([OPS], SAME, OPS, id="same-origin-not-listed"),
+        pytest.param([OPS], "http://ops.example.com", OPS, id="listed-other-scheme"),
+        pytest.param([OPS], "https://ops.example.com:8443", OPS, id="listed-other-port"),
+        # "*": any origin at all.
+        pytest.param(["*"], "https://evil.example", None, id="star"),
+        pytest.param(["*"], "null", None, id="star-opaque"),
+        pytest.param(["*"], SAME, None, id="star-same-origin"),
+        pytest.param(["*"], None, None, id="star-no-origin"),
     ],
 )
 async def test_origin(
-    make_hubd: MakeHubd, allowed: list[str], origin: str | None, ok: bool
+    make_hubd: MakeHubd, allowed: list[str], origin: str | None, refused_saying: str | None
 ) -> None:
     hubd = make_hubd(server={"allowed_origins": allowed})
     headers = SUB if origin is None else {**SUB, "Origin": origin}
-    if ok:
+    if refused_saying is None:
         async with hubd.subscribe("pdfm", headers) as sub:
             assert sub.subscriptions == ["pdfm", "global"]
     else:
         assert origin is not None
         error = (await hubd.rejected(subscribe_path("pdfm"), headers)).error(403)
         assert error["error"] == "forbidden_origin" and origin in error["message"]
+        assert refused_saying in error["message"]
 
 
 # -- plain HTTP on the subscribe path ------------------------------------------------------

@@ -1,5 +1,5 @@
 """POST /v1/ws/unsubscribe in process: the 200 body, its effect on delivery, every
-refusal. Ported from tests/e2e/test_unsubscribe.py."""
+refusal. tests/e2e/test_unsubscribe.py keeps a smoke test over real sockets."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ from typing import Any
 import httpx
 import pytest
 
-from ..e2e.helpers import ADMIN, PUB, SUB, SUB2, SUB_KEY, assert_json_error, bearer, event
+from ..helpers import (
+    ADMIN,
+    EXTRA_CHANNEL,
+    PUB,
+    SUB,
+    SUB2,
+    SUB_KEY,
+    assert_json_error,
+    bearer,
+    event,
+)
 from .asgi import InProcessHubd, Subscriber
-from .conftest import EXTRA_CHANNEL
 
 
 async def unsubscribe(
@@ -85,6 +94,20 @@ async def test_global_listed_with_others_is_ignored_and_reported(
         assert body["unsubscribed"] == ["pdfm"]
         assert body["subscriptions"] == ["orchestrator", "global"]
         assert "global" in body["ignored"]
+
+
+async def test_removing_every_channel_leaves_global(
+    hubd: InProcessHubd, http: httpx.AsyncClient
+) -> None:
+    async with hubd.subscribe("pdfm,orchestrator") as client:
+        response = await unsubscribe(
+            http, {"client_id": client.client_id, "event_types": ["orchestrator", "pdfm"]}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["unsubscribed"] == ["orchestrator", "pdfm"]
+        assert response.json()["subscriptions"] == ["global"]
+        got = await delivered(http, client, [event("pdfm"), event("orchestrator", "NODE_UP")])
+        assert got == []
 
 
 async def test_channel_not_subscribed_is_not_reported_as_removed(

@@ -36,9 +36,9 @@ def deliver(hub: Hub, message: EventMessage) -> None:
         if target is None:
             hub.mark_seen(seq)
             return
-        hub.publish(channel, frame, target, direct=True, seq=seq)
+        hub.publish(channel, frame, target, immediate=True, seq=seq)
     elif channel in hub.channels:
-        hub.publish(channel, frame, direct=True, seq=seq)
+        hub.publish(channel, frame, immediate=True, seq=seq)
     else:
         hub.mark_seen(seq)
 

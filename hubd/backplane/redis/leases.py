@@ -13,7 +13,7 @@ import trio
 from hubd.backplane.redis import scripts
 from hubd.backplane.redis.connection import REDIS_ERRORS, describe
 from hubd.backplane.redis.wire import as_bytes
-from hubd.core.hub import Session
+from hubd.core.session import Session
 
 log = logging.getLogger("hubd.backplane")
 

@@ -27,11 +27,14 @@ from hubd.backplane.redis.connection import (
 )
 from hubd.backplane.redis.leases import Leases
 from hubd.backplane.redis.options import client_options, safe_url
+from hubd.core.admission import check_owner, unknown_client
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
 from hubd.core.history import Replay
-from hubd.core.hub import Hub, Session, UnsubscribeResult, check_owner, unknown_client
+from hubd.core.hub import Hub
 from hubd.core.publishing import Checked, RemoteClient
+from hubd.core.session import Session
+from hubd.core.unsubscribe import UnsubscribeResult, requested_channels, unsubscribe
 from hubd.logs import event
 from hubd.protocol.channels import GLOBAL
 from hubd.settings import BackplaneSettings
@@ -330,8 +333,8 @@ class RedisBackplane:
     ) -> UnsubscribeResult:
         hub = self.hub
         if client_id in hub.sessions:
-            return hub.unsubscribe(principal, client_id, channels)
-        requested = hub.unsubscribe_channels(channels)
+            return unsubscribe(hub, principal, client_id, channels)
+        requested = requested_channels(hub, channels)
         remote = (await self.clients([client_id])).get(client_id)
         if remote is None:
             raise unknown_client(client_id)
@@ -369,7 +372,7 @@ class RedisBackplane:
         command = wire.parse_control(data)
         if command is not None and command[0] in self.hub.sessions:
             # Authorised by the node that took the request.
-            self.hub.unsubscribe(_CLUSTER, command[0], command[1])
+            unsubscribe(self.hub, _CLUSTER, command[0], command[1])
 
     async def aclose(self) -> None:
         """Release this node's claims at once (a clean stop frees the IPs immediately):

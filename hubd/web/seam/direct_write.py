@@ -6,7 +6,7 @@ frame, so a frame is the same bytes for every subscriber: hubd builds it once pe
 and writes all the frames queued for a connection with one write through the very same
 Hypercorn stream (whose lock keeps writes whole and ordered with Hypercorn's own pongs and
 close frames). It is used only when the ASGI `send` callable is bound to Hypercorn's
-`WSStream` over its `H11Protocol` (as `hubd.web.server` serves every HTTP/1.1
+`WSStream` over its `H11Protocol` (as `hubd.web.seam.worker.serve` serves every HTTP/1.1
 connection); with any other server, HTTP/2, or with compression on, hubd uses the plain
 ASGI path. `tests/unit/test_hypercorn_seam.py` checks that the direct path is the one a
 real connection gets.
@@ -24,7 +24,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import WSStream
 
 from hubd.core.frame import Frame
-from hubd.core.hub import Session
+from hubd.core.session import Session
 from hubd.core.transport import TransportClosed
 from hubd.web.asgi_transport import AsgiTransport
 
@@ -32,9 +32,9 @@ _NEEDED = ("send", "stream_id", "closed", "handshake")
 
 
 def hypercorn_stream(send: Any) -> Any | None:
-    """The Hypercorn WSStream (hubd's subclass of it, see `hubd.web.server`) behind an
-    ASGI `send`, or None if it is not one. `tests/unit/test_hypercorn_seam.py` checks
-    that a connection served by `hubd.web.server` is one."""
+    """The Hypercorn WSStream (hubd's subclass of it, `seam.protocol.HubdWSStream`) behind
+    an ASGI `send`, or None if it is not one. `tests/unit/test_hypercorn_seam.py` checks
+    that a connection served by `seam.worker.serve` is one."""
     stream = getattr(send, "__self__", None)
     if not isinstance(stream, WSStream):
         return None
@@ -104,7 +104,7 @@ class HypercornTransport(AsgiTransport):
         super().attach(session)
         if self._lock is None:
             return
-        session.direct = self.try_write
+        session.write_nowait = self.try_write
         original = self._stream_send
 
         async def send(event: Any) -> None:
@@ -163,3 +163,6 @@ class HypercornTransport(AsgiTransport):
         if stream.closed:  # the write found the peer gone
             self._closed = True
             raise TransportClosed("peer went away")
+
+
+__all__ = ["HypercornTransport", "expected_write_path", "hypercorn_stream", "refuse_compression"]

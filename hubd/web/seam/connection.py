@@ -1,0 +1,187 @@
+"""One accepted connection: Hypercorn's per-connection `TCPServer` with hubd's protocol
+classes, time limits and exact header limit (`HubdTCPServer`), and the options it reads
+(`ServeOptions`). `tests/unit/test_hypercorn_seam.py` fingerprints the upstream methods
+re-implemented here."""
+
+from __future__ import annotations
+
+from math import inf
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import parse_socket_addr
+
+from hubd.web.seam.protocol import HubdH11Protocol
+
+
+class ServeOptions:
+    """What hubd asks of the server beyond Hypercorn's own `Config`."""
+
+    __slots__ = ("handshake_timeout", "http2", "max_header_bytes")
+
+    def __init__(self, handshake_timeout: float, max_header_bytes: int, http2: bool) -> None:
+        self.handshake_timeout = handshake_timeout
+        self.max_header_bytes = max_header_bytes
+        self.http2 = http2
+
+
+class HubdTCPServer(TCPServer):
+    """Hypercorn's per-connection server with hubd's time and size limits."""
+
+    def __init__(
+        self,
+        app: Any,
+        config: Config,
+        context: WorkerContext,
+        state: Any,
+        stream: Any,
+        options: ServeOptions,
+    ) -> None:
+        super().__init__(app, config, context, state, stream)
+        self.options = options
+        self._idle = True  # no request in flight: the next bytes are a request head
+        self._requests = 0
+        self._head_bytes = 0  # bytes received since the current request head began
+
+    async def run(self) -> None:
+        # Hypercorn's TCPServer.run, with hubd's protocol classes and handshake limit.
+        try:
+            try:
+                with trio.fail_after(self.options.handshake_timeout):
+                    await self.stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                return
+            alpn_protocol = self.stream.selected_alpn_protocol()
+            sock = self.stream.transport_stream.socket
+            ssl = True
+        except AttributeError:  # not TLS
+            alpn_protocol = "http/1.1"
+            sock = self.stream.socket
+            ssl = False
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with TaskGroup() as task_group:
+                self._task_group = task_group
+                # The arguments Hypercorn gives its protocol; HTTP/1.1 gets hubd's subclass.
+                args = (
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    ssl,
+                    client,
+                    server,
+                    self.protocol_send,
+                )
+                self.protocol = ProtocolWrapper(*args, alpn_protocol)
+                if isinstance(self.protocol.protocol, H11Protocol):
+                    h11 = HubdH11Protocol(*args)
+                    h11.http2 = self.options.http2
+                    self.protocol.protocol = h11
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def protocol_send(self, event: Any) -> None:
+        if isinstance(event, Updated):
+            self._idle = event.idle
+            self._head_bytes = 0
+            if not event.idle:
+                self._requests += 1
+        await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        limit = self.options.max_header_bytes
+        while True:
+            size = MAX_RECV
+            if self._idle:
+                # A request head is being read: h11 checks its size only while it is
+                # incomplete and only between reads, so read no further than the limit
+                # and refuse a head that has not ended by then (431).
+                if self._head_bytes >= limit:
+                    await self._refuse_head()
+                    break
+                size = min(MAX_RECV, limit - self._head_bytes)
+            try:
+                with trio.fail_after(self.config.read_timeout or inf):
+                    data = await self.stream.receive_some(size)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            if self._idle and data:
+                if self._head_bytes == 0 and self._requests > 0:
+                    # The next keep-alive request has begun: its head gets the handshake
+                    # limit, not what is left of the keep-alive timer.
+                    await self.idle_task.restart(self._task_group, self._head_timeout)
+                self._head_bytes += len(data)
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+        if self._idle:
+            # The peer is gone (or its half of the connection is) with no request in
+            # flight: nothing can follow, so the connection ends now rather than when
+            # the keep-alive timer fires.
+            await self.idle_task.stop()
+
+    async def _refuse_head(self) -> None:
+        protocol = self.protocol.protocol
+        if isinstance(protocol, H11Protocol):
+            # As h11 itself answers an over-long head it does catch.
+            await protocol._send_error_response(431)
+        await self._close()
+
+    async def _close(self) -> None:
+        # Hypercorn half-closes without its send lock: a response being written by the
+        # app's task at that moment failed with BusyResourceError (a request whose body
+        # stops at a FIN while its error response goes out). Half-close only when no one
+        # is writing; otherwise the close below ends that write, which Hypercorn handles.
+        if not self.send_lock.locked():
+            self.send_lock.acquire_nowait()
+            try:
+                await self.stream.send_eof()
+            except (
+                trio.BrokenResourceError,
+                trio.BusyResourceError,
+                trio.ClosedResourceError,
+                AttributeError,  # a TLS stream has no half-close
+            ):
+                pass
+            finally:
+                self.send_lock.release()
+        await self.stream.aclose()
+
+    async def _idle_timeout(self) -> None:
+        # The first request's head must arrive within the handshake limit; between
+        # requests the connection may wait for the keep-alive timeout.
+        timeout = (
+            self.options.handshake_timeout
+            if self._requests == 0
+            else self.config.keep_alive_timeout
+        )
+        await self._close_after(timeout)
+
+    async def _head_timeout(self) -> None:
+        await self._close_after(self.options.handshake_timeout)
+
+    async def _close_after(self, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await self.context.terminated.wait()
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+
+__all__ = ["HubdTCPServer", "ServeOptions"]
