@@ -4,7 +4,7 @@ and what is allowed; the hub calls them before it changes anything."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError, too_many_channels
@@ -17,6 +17,17 @@ from hubd.protocol.channels import (
     parse_event_types,
 )
 from hubd.protocol.quoting import quoted
+
+
+def _channel_list(parse: Callable[[], list[str]]) -> list[str]:
+    """A client's list of channel names, parsed by `parse`; 400 for too many names or an
+    unknown one."""
+    try:
+        return parse()
+    except TooManyChannelsError as exc:
+        raise too_many_channels(exc.count, exc.limit) from None
+    except UnknownChannelError as exc:
+        raise HubError(400, "unknown_channel", str(exc)) from None
 
 
 def check_subscriber(
@@ -32,12 +43,7 @@ def check_subscriber(
             "forbidden",
             f"principal {principal.name!r} lacks the 'subscriber' role needed to subscribe",
         )
-    try:
-        subscriptions = parse_event_types(event_types, channels, max_channels)
-    except TooManyChannelsError as exc:
-        raise too_many_channels(exc.count, exc.limit) from None
-    except UnknownChannelError as exc:
-        raise HubError(400, "unknown_channel", str(exc)) from None
+    subscriptions = _channel_list(lambda: parse_event_types(event_types, channels, max_channels))
     denied = [c for c in subscriptions if not principal.allows(c)]
     if denied:
         allowed = ", ".join(sorted(principal.channels or ()))
@@ -105,12 +111,7 @@ def unsubscribe_channels(
     """The channels an unsubscribe request names, normalized. Raises `HubError(400)`
     for more than `max_channels` names (checked first, by counting), an unknown channel,
     an empty list, or `global` alone."""
-    try:
-        requested = normalize(channels, known, max_channels)
-    except TooManyChannelsError as exc:
-        raise too_many_channels(exc.count, exc.limit) from None
-    except UnknownChannelError as exc:
-        raise HubError(400, "unknown_channel", str(exc)) from None
+    requested = _channel_list(lambda: normalize(channels, known, max_channels))
     if not requested:
         raise HubError(400, "bad_request", "event_types must list at least one channel")
     if requested == [GLOBAL]:
