@@ -14,6 +14,8 @@ count too):
 - Only hubd/__main__.py imports hubd.cli.
 - Every module belongs to a layer of `LAYERS` and imports from hubd only the layers that
   table lists for it: one-way arrows, checked to form no cycle.
+- The connection state machine (hubd.core.session) imports no trio or other I/O and
+  nothing of the modules that drive it.
 - hubd.client (the client library) and hubd.hubctl import from hubd only hubd.client,
   hubd.hubctl, hubd.protocol (the wire format, pure: shared with the server) and the
   package itself (its version): no server code, no web stack, no redis client, so a
@@ -239,16 +241,13 @@ LAYERS: dict[str, frozenset[str]] = {
     "hubd.service": frozenset(
         {
             "hubd.lifecycle",
-            "hubd.reload",
             "hubd.web",
             "hubd.metrics",
             "hubd.backplane",
             "hubd.core",
-            "hubd.protocol",
             "hubd.settings",
             "hubd.logs",
             "hubd.sdnotify",
-            "hubd.tasks",
         }
     ),
     "hubd.cli": frozenset(
@@ -319,6 +318,16 @@ def test_the_layer_check_sees_a_wrong_arrow() -> None:
         "core/hub.py (hubd.core) imports hubd.web.ws.serve",
         "client/api.py (hubd.client) imports hubd.core.session",
     ]
+
+
+def test_the_connection_state_machine_does_no_io() -> None:
+    """`hubd.core.session` decides, the trio tasks of `hubd.core.serving` act: the state
+    machine imports no trio, no socket or thread machinery, and nothing of the modules
+    that drive it, so it runs (and is tested) without an event loop."""
+    io = ("trio", "anyio", "asyncio", "socket", "selectors", "threading", "time")
+    drivers = ("hubd.core.hub", "hubd.core.serving", "hubd.core.resume", "hubd.core.transport")
+    (names,) = [names for module, _, names in modules() if module == "hubd.core.session"]
+    assert sorted(n for n in names if within(n, (*io, *drivers))) == []
 
 
 # -- a backplane changes the hub only through its methods ----------------------------------

@@ -3,7 +3,9 @@
 Every method is a plain `def` and never blocks: a publish hands the encoded frame to each
 subscriber's bounded mailbox and returns. Sockets are written by each connection's own
 writer task (see `hubd.core.serving`). The hub reads time only through the clock it is
-given (trio's by default).
+given: trio's by default, which a running daemon must keep, since the serving tasks
+compare its readings with trio deadlines; tests that drive the hub without a trio run
+pass a clock of their own.
 """
 
 from __future__ import annotations
@@ -281,7 +283,7 @@ class Hub:
                     written += 1
         if seq is not None and seq > self.last_seq:
             self.last_seq = seq
-        if self._resumes and target is None:
+        if self._resumes.sessions and target is None:
             accepted += self._resumes.hold(channel, frame)
         if written and frame.accepted_at is not None:
             # One clock read for every connection written to here: they were all written

@@ -29,11 +29,11 @@ from collections.abc import Callable
 import trio
 
 from hubd.core.client_frames import frame_size, handle_frame, rate_limited
-from hubd.core.close_codes import CLOSE_GRACE, CLOSE_IDLE, CLOSE_POLICY, CLOSE_TOO_BIG
+from hubd.core.close_codes import CLOSE_GRACE, CLOSE_POLICY, CLOSE_TOO_BIG
 from hubd.core.frame import Frame
 from hubd.core.hub import Hub
 from hubd.core.latency import LatencyHistogram
-from hubd.core.session import ClientFrame, Session, notice_frame
+from hubd.core.session import ClientFrame, Next, Session, notice_frame
 from hubd.core.transport import Transport, TransportClosed
 from hubd.logs import event
 from hubd.protocol import notices
@@ -102,6 +102,7 @@ async def _serve(
     """The nursery body of `serve_session` (see its invariant)."""
     mailbox = session.mailbox
     scope = nursery.cancel_scope
+    session.serving_starts(trio.current_time())
     # The reader's scope: its deadline is the heartbeat deadline (moved on every client
     # frame), and the writer cancels it once a requested close has been flushed, so that
     # the body can go on to the close frame.
@@ -119,14 +120,7 @@ async def _serve(
         task_status.started()
         with reading:
             await _reader(hub, session, transport, reading)
-        if reading.cancelled_caught and not drained.is_set():
-            session.request_close(CLOSE_IDLE, "idle timeout")
-        if session.peer_closed or session.close_code is None:
-            # The peer is gone: nothing queued can reach it, so end the writer at once.
-            # (Without a close request, the reader ends only when the peer is gone, and
-            # the writer reports a drain only of a mailbox closed by other means, e.g. a
-            # control frame overflowing it: nothing to flush to or to send a close frame
-            # for either way.)
+        if session.reader_ended(reading.cancelled_caught) is Next.CANCEL:
             scope.cancel()
         else:
             # A close was requested: it closed the mailbox (which woke the writer) and
@@ -163,8 +157,11 @@ def _hooks(
         # A writer task runs only while there is something to write: most frames are
         # written directly (see Session.deliver), and an idle connection should not hold
         # a parked task. A cancelled connection (peer gone, or the close deadline passed)
-        # writes nothing more, so it starts none.
-        if not scope.cancel_called and session.writer_starts():
+        # writes nothing more, so it starts none. (Called on every queued frame: the
+        # common case, a writer already running, is one attribute read.)
+        if session.writer_running or scope.cancel_called:
+            return
+        if session.writer_starts():
             nursery.start_soon(writer)
 
     async def writer() -> None:
@@ -172,9 +169,10 @@ def _hooks(
             closed_and_drained = await _writer(hub, session, transport)
         finally:
             session.writer_stopped()
-        if session.peer_closed:
+        after = session.writer_ended(closed_and_drained)
+        if after is Next.CANCEL:
             scope.cancel()  # nothing more can be written: end reader and body now
-        elif closed_and_drained:
+        elif after is Next.DRAINED:
             drained.set()
             reading.cancel()  # the reader has nothing left to answer
 
@@ -198,7 +196,7 @@ async def _writer(hub: Hub, session: Session, transport: Transport) -> bool:
             await transport.send_frames(_joined(frames) if batch_mode else frames)
             now = trio.current_time()
             _observe(latency, frames, now)
-            dropped = session.drops_to_report(now)
+            dropped = session.drops_to_report(now) if mailbox.dropped_unreported else 0
             if dropped:
                 # The oldest queued frames are the ones dropped, so the notice comes at
                 # most one write after the hole (or DROP_NOTICE_EVERY after it).

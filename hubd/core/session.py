@@ -23,8 +23,11 @@ Lifecycle (`State`)::
 - ENDED: unregistered; the hub has forgotten it. `ended_from` keeps the state it ended in.
 
 Alongside the lifecycle: `resume` is set while a resume from a backplane's history is
-being fetched and merged (see `Hub.begin_resume`), and `writer_running` / `writing` say
-whether a writer task exists and whether it holds frames taken from the mailbox.
+being fetched and merged (see `Hub.begin_resume`), and `writer_running` / `writing` /
+`drained` say whether a writer task exists, whether it holds frames taken from the
+mailbox, and whether a closed mailbox has been written out. When the reader or the
+writer ends, `reader_ended` / `writer_ended` say what the serving task does next
+(`Next`): cancel everything, flush before the close frame, or wait.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hubd.core.auth import Principal
-from hubd.core.close_codes import CLOSE_TRY_AGAIN_LATER
+from hubd.core.close_codes import CLOSE_IDLE, CLOSE_TRY_AGAIN_LATER
 from hubd.core.frame import Frame
 from hubd.core.mailbox import Mailbox
 from hubd.protocol.channels import GLOBAL
@@ -59,6 +62,20 @@ class Delivery(enum.IntEnum):
     REFUSED = 0
     QUEUED = 1
     WRITTEN = 2
+
+
+class Next(enum.Enum):
+    """What the task serving a connection does next, as the session decides it when its
+    reader or writer ends."""
+
+    # End every task of the connection now: nothing more can, or needs to, be written.
+    CANCEL = "cancel"
+    # A close was asked: wait until the writer has written what is queued.
+    FLUSH = "flush"
+    # The mailbox is closed and written out: stop reading; the close frame follows.
+    DRAINED = "drained"
+    # The writer ended with an empty mailbox: the next queued frame starts one again.
+    WAIT = "wait"
 
 
 class ClientFrame(enum.Enum):
@@ -126,6 +143,8 @@ class Session:
     # A writer task exists; it holds frames taken from the mailbox (`writing`).
     writer_running: bool = False
     writing: bool = False
+    # The mailbox was closed and the writer has written everything in it.
+    drained: bool = False
     # The confirmation is always written as a frame of its own, first.
     _confirmed: bool = False
     # The client-frame token bucket (full at connect) and frames over it since it was
@@ -178,6 +197,39 @@ class Session:
         self.mailbox.discard()
         self.resume = None
         return True
+
+    def serving_starts(self, now: float) -> None:
+        """The connection is served from `now`: the time between admission and serving
+        (a backplane's claim and replay, the upgrade) does not count against its first
+        heartbeat period."""
+        if now > self.last_seen:
+            self.last_seen = now
+
+    def reader_ended(self, idle_expired: bool) -> Next:
+        """The reader returned: the peer closed, a close was asked (1008, 1009), the writer
+        drained a close, or the heartbeat deadline passed (`idle_expired`; unless a close
+        had already been drained, the connection is then closed with 4408).
+
+        CANCEL when nothing is left to flush: the peer is gone, or no close was asked (the
+        reader then ended because the peer is gone, and a drained mailbox that nobody
+        asked to close, e.g. by a control frame overflowing it, has no close frame to
+        send). Else FLUSH: what was accepted for this client is written before the close
+        frame."""
+        if idle_expired and not self.drained:
+            self.request_close(CLOSE_IDLE, "idle timeout")
+        if self.peer_closed or self.close_code is None:
+            return Next.CANCEL
+        return Next.FLUSH
+
+    def writer_ended(self, closed_and_drained: bool) -> Next:
+        """The writer returned (it was not cancelled): CANCEL when the peer is gone,
+        DRAINED when the mailbox was closed and is now written out, else WAIT."""
+        if self.peer_closed:
+            return Next.CANCEL
+        if closed_and_drained:
+            self.drained = True
+            return Next.DRAINED
+        return Next.WAIT
 
     # -- outbound frames ----------------------------------------------------------------
 

@@ -226,6 +226,22 @@ async def test_idle_connection_is_closed_with_4408_at_the_deadline(
     assert_slot_free(hub, client)
 
 
+async def test_the_first_heartbeat_period_starts_when_serving_starts(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    """Time between admission and serving (with a Redis backplane: the IP claim and the
+    replay, up to seconds) does not count against the client's first idle period."""
+    hub = make_hub(idle_timeout=IDLE)
+    session = admit(hub, SUBSCRIBER, "health", IP)
+    await trio.sleep(IDLE * 0.8)
+    served = trio.current_time()
+    client = await serve(nursery, hub, session)
+    await client.receive()  # the confirmation
+    closed = await client.expect_close()
+    assert closed.code == 4408
+    assert trio.current_time() - served == pytest.approx(IDLE, abs=1e-6)
+
+
 async def test_events_from_the_server_do_not_count_as_heartbeats(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hubd.core.close_codes import CLOSE_IDLE, CLOSE_REVOKED, CLOSE_TRY_AGAIN_LATER
 from hubd.core.frame import Frame
 from hubd.core.hub import Hub
-from hubd.core.session import DROP_NOTICE_EVERY, ClientFrame, Delivery, Session, State
+from hubd.core.session import DROP_NOTICE_EVERY, ClientFrame, Delivery, Next, Session, State
 
 from .conftest import SUBSCRIBER, admit, make_hub
 
@@ -250,3 +250,60 @@ def test_the_hub_reads_only_the_clock_it_is_given() -> None:
     assert session.last_seen == 1005.0
     clock.now = 1012.5
     assert hub.stats()["uptime_seconds"] == 12.5
+
+
+# -- what the serving task does when its reader or writer ends ----------------------------
+
+
+def test_serving_later_than_admission_does_not_shorten_the_first_heartbeat() -> None:
+    clock = Clock(100.0)
+    _, session = hub_and_session(clock)
+    session.serving_starts(104.0)  # a backplane's claim and replay took 4 s
+    assert session.idle_deadline(30.0) == 134.0
+    session.serving_starts(90.0)  # never moves it back
+    assert session.idle_deadline(30.0) == 134.0
+
+
+def test_a_reader_ending_with_the_peer_gone_cancels_everything() -> None:
+    _, session = hub_and_session()
+    session.peer_gone()
+    assert session.reader_ended(idle_expired=False) is Next.CANCEL
+    assert session.close_code is None
+
+
+def test_a_reader_ending_on_a_close_request_flushes_first() -> None:
+    _, session = hub_and_session()
+    session.request_close(CLOSE_REVOKED, "credentials revoked")
+    assert session.reader_ended(idle_expired=False) is Next.FLUSH
+
+
+def test_the_heartbeat_deadline_closes_with_4408_and_flushes() -> None:
+    _, session = hub_and_session()
+    assert session.reader_ended(idle_expired=True) is Next.FLUSH
+    assert (session.close_code, session.close_reason) == (CLOSE_IDLE, "idle timeout")
+
+
+def test_a_reader_cancelled_by_the_writers_drain_is_not_an_idle_timeout() -> None:
+    _, session = hub_and_session()
+    session.request_close(CLOSE_REVOKED, "credentials revoked")
+    assert session.writer_ended(closed_and_drained=True) is Next.DRAINED
+    assert session.drained
+    # The writer cancelled the reader's scope: that is not the heartbeat deadline.
+    assert session.reader_ended(idle_expired=True) is Next.FLUSH
+    assert session.close_code == CLOSE_REVOKED
+
+
+def test_a_reader_ending_without_a_close_request_cancels() -> None:
+    """E.g. a control frame overflowed a `disconnect` mailbox outside `deliver`: nothing
+    to flush to, no close frame of hubd's to send."""
+    _, session = hub_and_session()
+    assert session.reader_ended(idle_expired=False) is Next.CANCEL
+
+
+def test_what_the_writers_end_means() -> None:
+    _, session = hub_and_session()
+    assert session.writer_ended(closed_and_drained=False) is Next.WAIT
+    assert not session.drained
+    session.peer_gone()
+    assert session.writer_ended(closed_and_drained=True) is Next.CANCEL
+    assert not session.drained
