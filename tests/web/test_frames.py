@@ -148,6 +148,7 @@ async def test_ping_without_id_gets_fresh_ref_id(hubd: InProcessHubd) -> None:
             assert HEX64.match(pong["ref_id"]), pong
             assert pong["ref_id"] != pong["id"]
         assert first["ref_id"] != second["ref_id"]
+        assert first["id"] != second["id"]
 
 
 async def test_ping_without_health_gets_global_error(hubd: InProcessHubd) -> None:
@@ -177,6 +178,8 @@ async def test_client_id_with_system(hubd: InProcessHubd) -> None:
         )
         assert reply["body"] == {"client-id": client.client_id}
         assert reply["client_id"] == client.client_id
+        assert HEX64.match(reply["id"]), reply
+        assert TIMESTAMP.match(reply["timestamp"]), reply
 
 
 async def test_client_id_without_system_gets_global_error(hubd: InProcessHubd) -> None:

@@ -172,9 +172,12 @@ async def test_rejected_handshake_does_not_take_the_slot(hubd: InProcessHubd) ->
     (await hubd.rejected(subscribe_path("pdfm"), bearer("nope"), ip=ip)).error(401)
     (await hubd.rejected(subscribe_path("nosuch"), SUB, ip=ip)).error(400)
     (await hubd.rejected(subscribe_path("orchestrator"), SUB_PDFM, ip=ip)).error(403)
+    bad_batch = subscribe_path("pdfm", query={"batch": "maybe"})
+    error = (await hubd.rejected(bad_batch, SUB, ip=ip)).error(400)
+    assert error["error"] == "bad_request" and "batch='maybe'" in error["message"]
     async with hubd.subscribe("pdfm", ip=ip):
         pass
-    assert dict(hubd.hub.rejected) == {401: 1, 400: 1, 403: 1}
+    assert dict(hubd.hub.rejected) == {401: 1, 400: 2, 403: 1}
 
 
 async def test_slot_released_after_server_close(hubd: InProcessHubd) -> None:
