@@ -1,34 +1,42 @@
-# hubd — the two commands: `make run` and `make test`. Both bootstrap .venv themselves.
+# hubd — `make run` and `make test` bootstrap .venv themselves, with the versions pinned in
+# constraints.txt. `make help` lists every target.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# One stamp per install level: `make run` needs only the runtime one, so an operator never
+# waits for the test tools; each level is redone when pyproject.toml or constraints.txt
+# changes (the test stamp through the runtime one).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP    := $(VENV)/.installed-test
+BOOTSTRAP  := $(PYTHON) scripts/bootstrap_venv.py --venv $(VENV)
 DEV_CONFIG := config/hubd.dev.toml
 
-.PHONY: run test lint unit bench abuse chaos soak clean help
+.PHONY: help run run-cluster test lint unit bench abuse chaos soak constraints clean
 
 help:
-	@echo "make run    start hubd on $(DEV_CONFIG) (in-memory hub, 127.0.0.1:8080)"
-	@echo "make test   lint, type-check and run the whole test suite"
-	@echo "make lint   ruff + mypy --strict only"
-	@echo "make bench  benchmarks (see bench/README.md)"
-	@echo "make abuse  legitimate traffic under attack (ABUSE_ARGS=--quick: 10 s phases)"
-	@echo "make chaos  fault injection with an event-by-event loss checker (CHAOS_ARGS=--minutes N)"
-	@echo "make soak   10,000 connections held 16 minutes (10 judged): RSS, heap, fds, tasks (SOAK_ARGS=--minutes N)"
+	@echo "make run          start hubd on $(DEV_CONFIG) (in-memory hub, 127.0.0.1:8080); installs only what running needs"
+	@echo "make run-cluster  Redis + two hubd nodes on loopback (config/cluster/: 127.0.0.1:8081 and :8082); needs redis-server"
+	@echo "make test         lint, type-check and run the whole test suite (installs the test tools too)"
+	@echo "make lint         ruff + mypy --strict only"
+	@echo "make unit         the tests that start no process (pytest -m 'not e2e')"
+	@echo "make bench        benchmarks (see bench/README.md)"
+	@echo "make abuse        legitimate traffic under attack (ABUSE_ARGS=--quick: 10 s phases)"
+	@echo "make chaos        fault injection with an event-by-event loss checker (CHAOS_ARGS=--minutes N)"
+	@echo "make soak         10,000 connections held 16 minutes (10 judged): RSS, heap, fds, tasks (SOAK_ARGS=--minutes N)"
+	@echo "make constraints  re-pin constraints.txt to the newest versions pyproject.toml allows (then run make test)"
+	@echo "make clean        remove .venv and the caches"
+	@echo "make help         this list"
 
-$(STAMP): pyproject.toml
-	@if [ ! -x $(BIN)/python ] || ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
-	  $(PYTHON) scripts/bootstrap_venv.py $(VENV) || { \
-	    echo "error: could not create $(VENV) with $(PYTHON) (needs Python >= 3.11)." >&2; \
-	    echo "On Debian/Ubuntu, 'apt-get install -y python3-venv' also fixes it." >&2; \
-	    rm -rf $(VENV); exit 1; }; \
-	fi
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(RUNTIME_STAMP): pyproject.toml constraints.txt
+	@$(BOOTSTRAP) install runtime
 	@touch $@
 
-run: $(STAMP)
+$(TEST_STAMP): $(RUNTIME_STAMP)
+	@$(BOOTSTRAP) install test
+	@touch $@
+
+run: $(RUNTIME_STAMP)
 	@echo ""
 	@echo "hubd (development config: $(DEV_CONFIG) — public dev credentials, loopback only)"
 	@echo ""
@@ -43,29 +51,35 @@ run: $(STAMP)
 	@echo ""
 	exec $(BIN)/hubd serve --config $(DEV_CONFIG)
 
-lint: $(STAMP)
+run-cluster: $(RUNTIME_STAMP)
+	@$(BIN)/python scripts/run_cluster.py
+
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check hubd tests bench scripts
 	$(BIN)/ruff format --check hubd tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/mypy --strict bench scripts
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 test: lint
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(RUNTIME_STAMP)
 	$(BIN)/python -m bench
 
-abuse: $(STAMP)
+abuse: $(RUNTIME_STAMP)
 	$(BIN)/python -m bench.abuse $(ABUSE_ARGS)
 
-chaos: $(STAMP)
+chaos: $(RUNTIME_STAMP)
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
-soak: $(STAMP)
+soak: $(RUNTIME_STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+constraints:
+	@$(BOOTSTRAP) constraints
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

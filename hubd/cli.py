@@ -1,17 +1,26 @@
 """Command line: `hubd serve`, `hubd check-config`, `hubd hash-secret`, `hubd --version`.
+`serve` and `check-config` read `-c/--config PATH`, else $HUBD_CONFIG, else
+/etc/hubd/hubd.toml (`check-config PATH` works too).
 Exit codes: 0 ok, 2 usage or configuration error (a message, never a traceback)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 
-from hubd import __version__
-from hubd.settings import ConfigError, load_settings
+from hubd import __version__, config_diff
+from hubd.settings import ConfigError, Settings, load_settings
 
 DEFAULT_CONFIG = "/etc/hubd/hubd.toml"
+# Where systemd puts `RuntimeDirectory=hubd` (the daemon gets it as $RUNTIME_DIRECTORY).
+DEFAULT_RUNTIME_DIR = "/run/hubd"
+
+
+def _default_config() -> str:
+    return os.environ.get("HUBD_CONFIG", DEFAULT_CONFIG)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config",
         "-c",
-        default=os.environ.get("HUBD_CONFIG", DEFAULT_CONFIG),
+        default=_default_config(),
         help=f"TOML config file (default: $HUBD_CONFIG or {DEFAULT_CONFIG})",
     )
     check = sub.add_parser(
@@ -32,9 +41,28 @@ def _parser() -> argparse.ArgumentParser:
         help="validate a config file; print a summary and the worst-case memory it allows",
         description="Validate a config file and load the TLS files it names. Prints a summary "
         "and the worst-case memory the limits allow; risky trusted_proxies ranges are warned "
-        "about on stderr (exit status still 0).",
+        "about on stderr (exit status still 0). With --against-running, also prints key by "
+        "key what reloading this file into the running hubd would change, and which of those "
+        "changes need a restart.",
     )
-    check.add_argument("path", help="TOML config file")
+    check.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        help=f"TOML config file (default: $HUBD_CONFIG or {DEFAULT_CONFIG})",
+    )
+    check.add_argument("path", nargs="?", metavar="PATH", help="the same as -c PATH")
+    check.add_argument(
+        "--against-running",
+        action="store_true",
+        help="compare with the configuration the running hubd records in its runtime directory",
+    )
+    check.add_argument(
+        "--runtime-dir",
+        metavar="DIR",
+        help=f"the running hubd's runtime directory (default: $RUNTIME_DIRECTORY, else "
+        f"{DEFAULT_RUNTIME_DIR})",
+    )
     hash_secret = sub.add_parser(
         "hash-secret",
         help="print the sha256 of a secret, for token_sha256 / key_sha256",
@@ -53,31 +81,126 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "check-config":
-        from hubd.budget import memory_lines
-        from hubd.core.clientip import trusted_proxy_warnings
-        from hubd.service import check_history_path, check_tls
-
-        try:
-            settings = load_settings(args.path)
-            check_tls(settings)  # the files the daemon would load at start
-            check_history_path(settings)
-        except ConfigError as exc:
-            print(f"hubd: {args.path}: {exc}", file=sys.stderr)
-            return 2
-        print(f"{args.path}: ok: {settings.summary()}")
-        for line in memory_lines(settings):
-            print(line)
-        # Risky but valid: warnings, and the exit status stays 0 (the file does load).
-        limits = settings.limits
-        for warning in trusted_proxy_warnings(limits.trusted_proxies, limits.client_ip_header):
-            print(f"hubd: {args.path}: warning: {warning}", file=sys.stderr)
-        return 0
+        if args.config is not None and args.path is not None and args.config != args.path:
+            parser.error(f"check-config: two files given ({args.config!r} and {args.path!r})")
+        if args.runtime_dir is not None and not args.against_running:
+            parser.error("check-config: --runtime-dir goes with --against-running")
+        path = args.config or args.path or _default_config()
+        runtime_dir = None
+        if args.against_running:
+            runtime_dir = (
+                args.runtime_dir or config_diff.runtime_directory(os.environ) or DEFAULT_RUNTIME_DIR
+            )
+        return _check_config(path, runtime_dir)
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "hash-secret":
         return _hash_secret(args.stdin)
     parser.print_help(sys.stderr)
     return 2
+
+
+def _check_config(path: str, runtime_dir: str | None) -> int:
+    """`hubd check-config`; with `runtime_dir`, also what a reload would change."""
+    from hubd.budget import memory_lines
+    from hubd.core.clientip import trusted_proxy_warnings
+    from hubd.service import check_history_path, check_tls
+
+    try:
+        settings = load_settings(path)
+        check_tls(settings)  # the files the daemon would load at start
+        check_history_path(settings)
+    except ConfigError as exc:
+        print(f"hubd: {path}: {exc}", file=sys.stderr)
+        return 2
+    record = None
+    if runtime_dir is not None:
+        try:
+            record = config_diff.read_record(runtime_dir)
+        except config_diff.RecordError as exc:
+            print(f"hubd: {exc}", file=sys.stderr)
+            return 2
+    print(f"{path}: ok: {settings.summary()} {_outside(settings)}")
+    for line in memory_lines(settings):
+        print(line)
+    # Risky but valid: warnings, and the exit status stays 0 (the file does load).
+    limits = settings.limits
+    for warning in trusted_proxy_warnings(limits.trusted_proxies, limits.client_ip_header):
+        print(f"hubd: {path}: warning: {warning}", file=sys.stderr)
+    if record is not None:
+        assert runtime_dir is not None
+        _print_reload(path, settings, record, runtime_dir)
+    return 0
+
+
+def _word(value: str) -> str:
+    """`value` as one word of a key=value line (quoted when it holds a space)."""
+    return json.dumps(value) if not value or any(c.isspace() or c == '"' for c in value) else value
+
+
+def _outside(settings: Settings) -> str:
+    """What the summary adds on what hubd talks to: the backplane (the Redis URL without
+    its password), TLS and its files, the metrics listener."""
+    backplane, server, metrics = settings.backplane, settings.server, settings.metrics
+    parts = [f"backplane={backplane.kind}"]
+    if backplane.kind == "redis":
+        parts.append(f"url={_word(config_diff.safe_url(backplane.url))}")
+    if server.tls_cert is not None and server.tls_key is not None:
+        parts.append(f"tls=on cert={_word(server.tls_cert)} key={_word(server.tls_key)}")
+    else:
+        parts.append("tls=off")
+    if not metrics.enabled:
+        parts.append("metrics=off")
+    else:  # without a listener of its own, /metrics is on the main listeners (admin role)
+        parts.append(f"metrics={metrics.listen or 'main-listeners'}")
+    return " ".join(parts)
+
+
+def _keys(n: int) -> str:
+    return f"{n} key" if n == 1 else f"{n} keys"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _print_reload(
+    path: str, settings: Settings, record: config_diff.Record, runtime_dir: str
+) -> None:
+    """Key by key, what reloading `settings` into the daemon of `record` would change."""
+    running = record.settings
+    new = record.align(settings)
+    planned = config_diff.plan(running, record.started_hub, new)
+    found = config_diff.changes(running, new, planned)
+    print(
+        f"against the running hubd (pid {record.pid}, config {record.config}, "
+        f"recorded {record.recorded}):"
+    )
+    for change in found:
+        print(f"  {change}")
+    pending = [c.key for c in found if c.restart is not None]
+    if not found:
+        print("reload: nothing would change")
+    else:
+        live = len(found) - len(pending)
+        line = f"reload: {_keys(live)} would apply at once"
+        if pending:
+            line += f"; {_keys(len(pending))} would wait for a restart: {', '.join(pending)}"
+        print(line)
+    if os.path.abspath(record.config) != os.path.abspath(path):
+        print(f"note: the running hubd reloads {record.config}; put this file there first")
+    if not _alive(record.pid):
+        print(
+            f"hubd: warning: {runtime_dir}/{config_diff.RECORD_NAME} was written by pid "
+            f"{record.pid}, which is not running: it may be out of date",
+            file=sys.stderr,
+        )
 
 
 def _serve(path: str) -> int:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from hubd import reload, sdnotify
+from hubd import config_diff, reload, sdnotify
 from hubd.core.close_codes import CLOSE_GOING_AWAY
 from hubd.core.hub import Hub
 from hubd.logs import configure as configure_logging
@@ -59,10 +59,32 @@ def reload_config(
         credentials=len(new.auth.tokens) + len(new.auth.api_keys),
         revoked=report.revoked,
         narrowed=report.narrowed,
+        changed=report.changed,
+        restart_pending=report.restart_pending,
     )
     for item in report.kept:
         log.warning("reload: %s", item)
-    notifier.notify("READY=1", "STATUS=serving (configuration reloaded)")
+    record_running(ctx, config_path)
+    status = "serving (configuration reloaded)"
+    if report.restart_pending:
+        pending = ", ".join(report.restart_pending)
+        status = f"serving (configuration reloaded; restart needed for {pending})"
+    notifier.notify("READY=1", f"STATUS={status}")
+
+
+def record_running(ctx: WebContext, config_path: str) -> None:
+    """Record the running configuration (`ctx.settings`, with the values a reload kept for
+    a restart) in `$RUNTIME_DIRECTORY`, for `hubd check-config --against-running`. Without
+    that variable nothing is written; a failure is logged and changes nothing else."""
+    directory = config_diff.runtime_directory(os.environ)
+    if directory is None:
+        return
+    try:
+        config_diff.write_record(directory, ctx.settings, ctx.started.hub, config=config_path)
+    except OSError as exc:
+        log.warning(
+            "cannot record the running configuration in %s: %s", directory, exc.strerror or exc
+        )
 
 
 async def watch_signals(
@@ -124,6 +146,7 @@ __all__ = [
     "drain",
     "drain_for_shutdown",
     "exit_at",
+    "record_running",
     "reload_config",
     "watch_signals",
     "watchdog",

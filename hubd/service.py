@@ -20,7 +20,13 @@ from hubd.backplane import Backplane, MemoryBackplane
 from hubd.core.auth import Authenticator
 from hubd.core.history_store import HistoryStore, StoreUnusable
 from hubd.core.hub import Hub
-from hubd.lifecycle import drain_for_shutdown, reload_config, watch_signals, watchdog
+from hubd.lifecycle import (
+    drain_for_shutdown,
+    record_running,
+    reload_config,
+    watch_signals,
+    watchdog,
+)
 from hubd.logs import event
 from hubd.metrics import Metrics
 from hubd.settings import ConfigError, Settings, parse_listen
@@ -216,6 +222,7 @@ async def run(
         except ConfigError:
             listeners.close()
             raise
+        record_running(ctx, config_path)  # for `hubd check-config --against-running`
         reloader = partial(reload_config, ctx, config_path, notifier, log_handler)
         async with trio.open_nursery() as outer:
             outer.start_soon(watch_signals, signals, shutdown, reloader)
@@ -270,8 +277,11 @@ async def _serve_until_drained(
     task_status: trio.TaskStatus[list[str]],
 ) -> float:
     """Serve `app` on `listeners` (reporting the bound addresses through `task_status`)
-    until `shutdown` is set, then drain the hub and stop the server. Returns the trio
-    time at which the process exits whatever is left (`hubd.lifecycle.exit_at`)."""
+    until `shutdown` is set, then drain the hub and stop the server. Ready (the `ready`
+    line, `READY=1`, `/v1/ready`) once the backplane is connected too: a cluster node
+    that cannot reach Redis at start serves `/metrics` and `/v1/health` meanwhile, and
+    its `/v1/ready` answers 503. Returns the trio time at which the process exits
+    whatever is left (`hubd.lifecycle.exit_at`)."""
     stop_server = trio.Event()
     async with trio.open_nursery() as server:
         binds: list[str] = await server.start(
@@ -283,26 +293,59 @@ async def _serve_until_drained(
                 shutdown_trigger=stop_server.wait,
             )
         )
-        _mark_ready(ctx, listeners, notifier, binds, nursery)
+        _mark_serving(ctx, listeners)
         task_status.started(binds)
+        if await _backplane_connected(ctx.backplane, notifier, shutdown):
+            _mark_ready(ctx, notifier, binds, nursery)
         await shutdown.wait()
         deadline = await drain_for_shutdown(ctx, notifier)
         stop_server.set()
     return deadline
 
 
-def _mark_ready(
-    ctx: WebContext,
-    listeners: Listeners,
-    notifier: sdnotify.Notifier,
-    binds: list[str],
-    nursery: trio.Nursery,
-) -> None:
-    """The server accepts on `binds`: take requests, tell systemd, start the watchdog."""
+def _mark_serving(ctx: WebContext, listeners: Listeners) -> None:
+    """The server accepts on every listener: the metrics listener answers from now on."""
     if listeners.metrics is not None:
         host, port = listeners.metrics.getsockname()[:2]
         ctx.metrics_address = (host, port)
     listeners.close()  # Hypercorn serves its own duplicates
+
+
+async def _backplane_connected(
+    backplane: Backplane, notifier: sdnotify.Notifier, shutdown: trio.Event
+) -> bool:
+    """Wait until the backplane is connected (at once for the in-memory one): True then,
+    False when a stop signal comes first. The wait shows in `systemctl status`; why
+    Redis cannot be reached is logged by the backplane."""
+    if backplane.healthy:
+        return True
+    notifier.notify(f"STATUS=waiting for the backplane: {backplane.status}")
+    connected = False
+    async with trio.open_nursery() as waiting:
+
+        async def until_connected() -> None:
+            nonlocal connected
+            await backplane.wait_healthy()
+            connected = True
+            waiting.cancel_scope.cancel()
+
+        async def until_shutdown() -> None:
+            await shutdown.wait()
+            waiting.cancel_scope.cancel()
+
+        waiting.start_soon(until_connected)
+        waiting.start_soon(until_shutdown)
+    return connected
+
+
+def _mark_ready(
+    ctx: WebContext,
+    notifier: sdnotify.Notifier,
+    binds: list[str],
+    nursery: trio.Nursery,
+) -> None:
+    """Serving, and the backplane connected: take requests, tell systemd, start the
+    watchdog."""
     ctx.ready = True
     event(log, logging.INFO, "ready", listening=binds)
     notifier.notify("READY=1", f"STATUS=serving on {' '.join(binds)}")

@@ -234,9 +234,19 @@ LAYERS: dict[str, frozenset[str]] = {
             "hubd.tasks",
         }
     ),
-    "hubd.reload": frozenset({"hubd.core", "hubd.settings", "hubd.web"}),
+    # What a reload changes: the rules, for the daemon and for check-config alike.
+    "hubd.config_diff": frozenset({"hubd.core", "hubd.settings"}),
+    "hubd.reload": frozenset({"hubd.config_diff", "hubd.core", "hubd.settings", "hubd.web"}),
     "hubd.lifecycle": frozenset(
-        {"hubd.reload", "hubd.sdnotify", "hubd.core", "hubd.logs", "hubd.settings", "hubd.web"}
+        {
+            "hubd.config_diff",
+            "hubd.reload",
+            "hubd.sdnotify",
+            "hubd.core",
+            "hubd.logs",
+            "hubd.settings",
+            "hubd.web",
+        }
     ),
     "hubd.service": frozenset(
         {
@@ -251,7 +261,15 @@ LAYERS: dict[str, frozenset[str]] = {
         }
     ),
     "hubd.cli": frozenset(
-        {"hubd.service", "hubd.budget", "hubd.core", "hubd.logs", "hubd.sdnotify", "hubd.settings"}
+        {
+            "hubd.service",
+            "hubd.budget",
+            "hubd.config_diff",
+            "hubd.core",
+            "hubd.logs",
+            "hubd.sdnotify",
+            "hubd.settings",
+        }
     ),
     "hubd.__main__": frozenset({"hubd.cli"}),
     # The client library and its command line: the wire format only, never the daemon.

@@ -115,6 +115,10 @@ class Backplane(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the backplane connected and deliver other nodes' events into the hub."""
 
+    async def wait_healthy(self) -> None:
+        """Return once the backplane is reachable (at once if it is): the daemon reports
+        ready only then."""
+
     async def publish(self, checked: list[Checked]) -> list[str]:
         """Publish checked events to every node; returns their ids in order."""
 

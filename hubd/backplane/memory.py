@@ -36,6 +36,9 @@ class MemoryBackplane:
         task_status.started()
         await trio.sleep_forever()
 
+    async def wait_healthy(self) -> None:
+        pass  # always reachable
+
     async def publish(self, checked: list[Checked]) -> list[str]:
         return publish_checked(self.hub, checked)
 

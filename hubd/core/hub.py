@@ -23,6 +23,7 @@ from hubd.core.history import EventIds, History, Replay, parse_id
 from hubd.core.latency import LatencyHistogram
 from hubd.core.mailbox import Mailbox, Overflow
 from hubd.core.reconfigure import restart_only
+from hubd.core.rejections import Rejections
 from hubd.core.resume import Resumes, replay_complete, tell_missed
 from hubd.core.session import Delivery, Session
 from hubd.protocol import notices
@@ -72,11 +73,11 @@ class Hub:
         self._resumes = Resumes(self._subscribers)
         self._empty = trio.Event()
         self._empty.set()
-        # Counters for /metrics and stats: connections accepted, rejected by HTTP status,
-        # closed by close code ("peer" when the client closed or went away), drops by
-        # channel, client frames received and refused.
+        # Counters for /metrics and stats: connections accepted, rejected (by HTTP status,
+        # and by status and reason), closed by close code ("peer" when the client closed
+        # or went away), drops by channel, client frames received and refused.
         self.accepted = 0
-        self.rejected: Counter[int] = Counter()
+        self.rejected = Rejections()
         self.closed: Counter[str] = Counter()
         self.dropped_by_channel: Counter[str] = Counter()
         self.frames_in = 0

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from hubd import __version__
 from hubd.client.api import MAX_REQUEST_BYTES
-from hubd.hubctl.config import ENV_API_KEY, ENV_TOKEN, ENV_URL
+from hubd.hubctl.config import DEFAULT_URL, ENV_API_KEY, ENV_TOKEN, ENV_URL
 
 if TYPE_CHECKING:
     # What `add_subparsers` returns; generic only in the type stubs.
@@ -17,7 +17,8 @@ PROG = "hubctl"
 
 EPILOG = f"""\
 settings: --url/--token/--api-key, else ${ENV_URL}/${ENV_TOKEN}/${ENV_API_KEY}, else the
-file $HUBCTL_CONFIG (default ~/.config/hubd/hubctl.toml) with keys url, token, api_key.
+file $HUBCTL_CONFIG (default ~/.config/hubd/hubctl.toml) with keys url, token, api_key;
+else the URL {DEFAULT_URL} (what `make run` serves). There is no default credential.
 exit codes: 0 ok, 1 server or network error, 2 usage, credential or authorization error.
 See docs/client.md."""
 
@@ -26,7 +27,10 @@ def _connection_options(parser: argparse.ArgumentParser, default: object) -> Non
     """The options every command takes, before or after the command name."""
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--url", default=default, help=f"hubd base URL, e.g. http://127.0.0.1:8080 (${ENV_URL})"
+        "--url",
+        default=default,
+        help=f"hubd base URL (default {DEFAULT_URL}, what `make run` serves); the first of: "
+        f"--url, ${ENV_URL}, url in the config file, the default",
     )
     group.add_argument(
         "--token",
@@ -40,8 +44,14 @@ def _connection_options(parser: argparse.ArgumentParser, default: object) -> Non
         default=default,
         help="seconds for each request or connection attempt (default 10)",
     )
-    # Binds connections to a local address: hubd allows one subscriber per client IP.
-    group.add_argument("--source-address", default=default, help=argparse.SUPPRESS)
+    group.add_argument(
+        "--source-address",
+        metavar="ADDR",
+        default=default,
+        help="connect from this local IP address, e.g. 127.0.0.2: hubd allows one subscriber "
+        "connection per client IP, so a second subscribe (or whoami) from this machine needs "
+        "another address (on Linux every 127.x.x.x is this machine)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

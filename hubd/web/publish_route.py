@@ -7,6 +7,10 @@ is served below the Quart-Trio app, like the subscribe socket; every other route
 Quart. Same rules, same JSON answers, same order of checks: credentials (401), body size
 (413, with `Connection: close` since the body is left unread), the body arriving within
 `server.body_timeout` (408, with `Connection: close` too), then `publish_through`.
+
+Each answered request is timed from its arrival here to its answer being sent, for
+`hubd_publish_duration_seconds` (a client that went away before its body was in got no
+answer and is not counted).
 """
 
 from __future__ import annotations
@@ -58,7 +62,15 @@ async def _read_chunks(receive: Any, limit: int) -> bytes | None:
 
 
 async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -> None:
-    """Serve one `POST /v1/events` request."""
+    """Serve one `POST /v1/events` request and time it."""
+    arrived = trio.current_time()
+    status = await _publish(ctx, scope, receive, send)
+    if status is not None:
+        ctx.http_counts.publish_answered(status, trio.current_time() - arrived)
+
+
+async def _publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -> int | None:
+    """Serve the request; the status answered, or None when the client went away first."""
     limit = ctx.settings.hub.max_publish_bytes
     payload: bytes | None = None
     try:
@@ -69,14 +81,17 @@ async def handle_publish(ctx: WebContext, scope: Any, receive: Any, send: Any) -
             raise payload_too_large(limit, length.strip())
         payload = await _read_body(receive, limit, ctx.settings.server.body_timeout)
         if payload is None:
-            return  # the client is gone: nothing was published
+            return None  # the client is gone: nothing was published
         result = await publish_through(ctx.backplane, principal, payload)
         await send_json(send, 202, result.response())
+        return 202
     except HubError as exc:
         # An answer given before the body was read (401, 403, 408, 413) leaves it unread:
         # the server then closes the connection, so say so, or a keep-alive client would
         # send its next request on a connection that is going away.
         await send_error(send, exc.status, exc.code, exc.message, close=payload is None)
+        return exc.status
     except Exception:
         log.exception("unexpected error on POST %s", scope["path"])
         await send_error(send, *INTERNAL_ERROR)
+        return INTERNAL_ERROR[0]

@@ -111,7 +111,7 @@ def _read_request(ctx: WebContext, scope: Scope) -> tuple[str, _Request | HubErr
 
 
 def _rejected(ctx: WebContext, ip: str, error: HubError) -> None:
-    ctx.hub.rejected[error.status] += 1
+    ctx.hub.rejected.add(error.status, error.code)
     _refusal_log.event(
         logging.INFO,
         "rejected",
@@ -155,7 +155,7 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
     if message["type"] != "websocket.connect":
         return
     if scope["path"] not in SUBSCRIBE_PATHS:
-        ctx.hub.rejected[404] += 1
+        ctx.hub.rejected.add(404, "not_found")
         await send_error(
             send,
             404,

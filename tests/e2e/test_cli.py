@@ -55,12 +55,13 @@ def test_python_dash_m_version() -> None:
 
 def test_check_config_good(tmp_path: Path) -> None:
     path = write_config(tmp_path / "good.toml", hub={"queue_size": 77})
-    result = run("check-config", str(path))
+    result = run("check-config", "-c", str(path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     # The summary, then the worst-case memory: the queues, the history.
     assert len(lines) == 3, result.stdout
     assert lines[0].startswith(f"{path}: ok: ") and "77" in lines[0]
+    assert lines[0].endswith(" backplane=memory tls=off metrics=main-listeners"), lines[0]
     assert lines[1].startswith("memory: queues up to ")
     assert lines[2].startswith("memory: history up to ")
     assert not result.stderr  # nothing to warn about, and no traceback

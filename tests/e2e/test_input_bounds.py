@@ -197,7 +197,7 @@ async def test_refused_handshakes_are_logged_at_most_20_per_10_s(
     assert sum(" rejected ip=" in line for line in server.lines) == 20
     async with http_client(server.url) as http:
         metrics = (await http.get("/metrics", headers=bearer("admin-token"))).text
-    assert 'hubd_connections_rejected_total{status="401"} 30' in metrics
+    assert 'hubd_connections_rejected_total{reason="unauthorized",status="401"} 30' in metrics
 
 
 # -- request bodies --------------------------------------------------------------------------

@@ -453,8 +453,8 @@ async def test_metrics_count_real_traffic_exactly(start_hubd: StartHubd) -> None
         }
         assert delta("hubd_connections_accepted_total") == 3
         assert moved(during, before, "hubd_connections_rejected_total") == {
-            ("401",): 1,
-            ("403",): 1,
+            ("unauthorized", "401"): 1,
+            ("forbidden", "403"): 1,
         }
         assert moved(during, before, "hubd_connections_closed_total") == {("1009",): 1}
         assert moved(during, before, "hubd_events_published_total") == {

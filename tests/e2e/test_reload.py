@@ -1,14 +1,20 @@
 """Reloading a running daemon with SIGHUP: removed credentials are cut off (4401) while
 every other connection stays, new credentials and limits apply at once, an invalid file
-changes nothing, and what needs a restart is logged and left as it was."""
+changes nothing, and what needs a restart is logged and left as it was. `hubd check-config
+--against-running` tells in advance what a reload would change, from the configuration the
+daemon records in its runtime directory."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from ..helpers import (
     ADMIN,
@@ -25,9 +31,10 @@ from ..helpers import (
     config_for,
     event,
     render_config,
+    write_config,
 )
 from .conftest import StartHubd
-from .helpers import HubdProcess, http_client, rejected, rejection_error, subscribe
+from .helpers import HUBD, HubdProcess, http_client, rejected, rejection_error, subscribe
 
 pytestmark = pytest.mark.e2e
 
@@ -213,4 +220,81 @@ async def test_restart_only_changes_are_logged_and_not_applied(
         assert response.status_code == 202, response.text
         assert (await sub.recv())["message"] == "PLAIN"
         rejection_error(await rejected(server.port, "pdfm", SUB2), 401)
+    assert "Traceback" not in server.output
+
+
+async def test_check_config_against_running_tells_what_the_reload_then_does(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime)}
+    path = write_config(tmp_path / "hubd.toml", hub={"queue_size": 64})
+    server = await HubdProcess.start(nursery, path, env=env)
+    try:
+        record = runtime / "running-config.json"
+        assert stat.S_IMODE(record.stat().st_mode) == 0o600
+        assert "sub-token" not in record.read_text(encoding="utf-8")
+
+        # An edited copy: one key a reload applies, one only a restart does.
+        edited = tmp_path / "edited.toml"
+        text = path.read_text(encoding="utf-8")
+        assert "queue_size = 64\n" in text and text.startswith("[server]\n")
+        edited.write_text(
+            text.replace("queue_size = 64\n", "queue_size = 128\n").replace(
+                "[server]\n", "[server]\nmax_header_bytes = 32768\n", 1
+            ),
+            encoding="utf-8",
+        )
+
+        async def against_running() -> list[str]:
+            result = await trio.run_process(
+                [HUBD, "check-config", "-c", str(edited), "--against-running"],
+                env=env,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            out, err = result.stdout.decode(), result.stderr.decode()
+            assert result.returncode == 0, (out, err)
+            assert err == ""
+            lines = out.splitlines()
+            assert lines[0].startswith(f"{edited}: ok: ") and " backplane=memory " in lines[0]
+            return lines[lines.index(next(x for x in lines if x.startswith("against "))) :]
+
+        lines = await against_running()
+        assert re.fullmatch(
+            rf"against the running hubd \(pid {server.process.pid}, config {re.escape(str(path))}, "
+            r"recorded \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\):",
+            lines[0],
+        ), lines[0]
+        assert lines[1:] == [
+            "  server.max_header_bytes: 65536 -> 32768  "
+            "[restart needed: the HTTP server is set up at start]",
+            "  hub.queue_size: 64 -> 128",
+            "reload: 1 key would apply at once; 1 key would wait for a restart: "
+            "server.max_header_bytes",
+            f"note: the running hubd reloads {path}; put this file there first",
+        ]
+
+        # The reload does what it said.
+        path.write_text(edited.read_text(encoding="utf-8"), encoding="utf-8")
+        server.process.send_signal(signal.SIGHUP)
+        reloaded = await server.wait_for_line(
+            re.compile(r"\breloaded\b.* changed=(\S+) restart_pending=(\S+)$")
+        )
+        assert reloaded.groups() == ("hub.queue_size", "server.max_header_bytes")
+        await server.wait_for_line(
+            re.compile(r"WARNING.*reload: server\.max_header_bytes: a change needs a restart")
+        )
+
+        # Recorded again: now only the restart is left.
+        assert (await against_running())[1:3] == [
+            "  server.max_header_bytes: 65536 -> 32768  "
+            "[restart needed: the HTTP server is set up at start]",
+            "reload: 0 keys would apply at once; 1 key would wait for a restart: "
+            "server.max_header_bytes",
+        ]
+    finally:
+        await server.aclose()
     assert "Traceback" not in server.output

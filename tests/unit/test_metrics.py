@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -76,11 +77,13 @@ def by_channel(moved: dict[str, float] | None = None) -> dict[str, float]:
 
 async def test_every_family_is_exposed_with_its_type() -> None:
     scrape = Scrape(make_hub())
-    assert scrape.types == {
+    hubd = {name: kind for name, kind in scrape.types.items() if name.startswith("hubd_")}
+    assert hubd == {
         "hubd_build_info": "gauge",
         "hubd_uptime_seconds": "gauge",
         "hubd_draining": "gauge",
         "hubd_connections_open": "gauge",
+        "hubd_connections_max": "gauge",
         "hubd_channel_subscribers": "gauge",
         "hubd_connections_accepted": "counter",
         "hubd_connections_rejected": "counter",
@@ -94,10 +97,34 @@ async def test_every_family_is_exposed_with_its_type() -> None:
         "hubd_frames_received": "counter",
         "hubd_frame_errors": "counter",
         "hubd_http_requests": "counter",
+        "hubd_publish_duration_seconds": "histogram",
     }
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
     # Counters carry the _total suffix on the wire.
     assert "\nhubd_connections_accepted_total 0.0\n" in scrape.text
+
+
+async def test_the_standard_process_and_python_collectors_are_registered() -> None:
+    import resource
+
+    scrape = Scrape(make_hub())
+    others = {name: kind for name, kind in scrape.types.items() if not name.startswith("hubd_")}
+    assert {
+        "process_resident_memory_bytes": "gauge",
+        "process_virtual_memory_bytes": "gauge",
+        "process_open_fds": "gauge",
+        "process_max_fds": "gauge",
+        "process_cpu_seconds": "counter",
+        "process_start_time_seconds": "gauge",
+        "python_info": "gauge",
+        "python_gc_collections": "counter",
+    }.items() <= others.items()
+    assert set(others) <= {n for n in others if n.startswith(("process_", "python_"))}
+    # This process's own figures, read from /proc when scraped.
+    assert scrape("process_max_fds") == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert 3 <= scrape("process_open_fds") < scrape("process_max_fds")
+    assert scrape("process_resident_memory_bytes") > 10_000_000
+    assert scrape("process_cpu_seconds_total") > 0
 
 
 async def test_fresh_hub_reads_zero() -> None:
@@ -105,6 +132,7 @@ async def test_fresh_hub_reads_zero() -> None:
     assert scrape("hubd_build_info", version=__version__) == 1
     assert scrape("hubd_draining") == 0
     assert scrape("hubd_connections_open") == 0
+    assert scrape("hubd_connections_max") == 10000  # limits.max_connections
     assert scrape("hubd_connections_accepted_total") == 0
     assert scrape.labelled("hubd_connections_rejected_total", "status") == {}
     assert scrape.labelled("hubd_connections_closed_total", "code") == {}
@@ -125,6 +153,8 @@ async def test_fresh_hub_reads_zero() -> None:
     assert len(buckets) == len(BUCKETS) + 1
     assert set(buckets.values()) == {0.0}
     assert scrape.labelled("hubd_http_requests_total", "route") == {}
+    for status_class in ("2xx", "4xx", "5xx"):
+        assert scrape("hubd_publish_duration_seconds_count", status_class=status_class) == 0
 
 
 async def test_extra_channels_get_their_own_series() -> None:
@@ -172,18 +202,40 @@ async def test_connections_open_accepted_and_subscribers_per_channel(
     assert b"hubd_connections_open 3.0" in metrics.render()
 
 
-async def test_rejections_are_counted_by_status() -> None:
+async def test_rejections_are_counted_by_status_and_reason() -> None:
     hub = make_hub()
-    # The web layer counts each refused handshake by the status it answered.
-    for status in (401, 401, 409, 503):
-        hub.rejected[status] += 1
+    # The web layer counts each refused handshake by the status it answered and the
+    # error code: the two 503s are told apart.
+    for status, reason in [
+        (401, "unauthorized"),
+        (401, "unauthorized"),
+        (409, "ip_in_use"),
+        (503, "draining"),
+        (503, "at_capacity"),
+        (503, "at_capacity"),
+    ]:
+        hub.rejected.add(status, reason)
     scrape = Scrape(hub)
-    assert scrape.labelled("hubd_connections_rejected_total", "status") == {
-        "401": 2,
-        "409": 1,
-        "503": 1,
+    rejected = {
+        (dict(labels)["status"], dict(labels)["reason"]): value
+        for (name, labels), value in scrape.samples.items()
+        if name == "hubd_connections_rejected_total"
     }
+    assert rejected == {
+        ("401", "unauthorized"): 2,
+        ("409", "ip_in_use"): 1,
+        ("503", "draining"): 1,
+        ("503", "at_capacity"): 2,
+    }
+    # By status alone, as before.
+    assert dict(hub.rejected) == {401: 2, 409: 1, 503: 3}
     assert scrape("hubd_connections_accepted_total") == 0
+
+
+async def test_max_connections_follows_a_reload() -> None:
+    hub = make_hub()
+    hub.reconfigure(hub.settings, msgspec.structs.replace(hub.limits, max_connections=250))
+    assert Scrape(hub)("hubd_connections_max") == 250
 
 
 async def test_closes_are_counted_by_code(nursery: trio.Nursery, mock_clock: MockClock) -> None:
@@ -400,6 +452,27 @@ async def test_http_requests_by_route_and_status() -> None:
         ("/metrics", "200"): 1,
         ("other", "404"): 1,
     }
+
+
+async def test_publish_durations_by_status_class() -> None:
+    http = HttpCounts()
+    for status, seconds in [(202, 0.0003), (202, 0.002), (401, 0.00004), (503, 0.3), (504, 5.0)]:
+        http.publish_answered(status, seconds)
+    scrape = Scrape(make_hub(), http)
+    name = "hubd_publish_duration_seconds"
+    assert scrape(f"{name}_count", status_class="2xx") == 2
+    assert scrape(f"{name}_sum", status_class="2xx") == pytest.approx(0.0023)
+    assert scrape(f"{name}_count", status_class="4xx") == 1
+    assert scrape(f"{name}_count", status_class="5xx") == 2
+    assert scrape(f"{name}_sum", status_class="5xx") == pytest.approx(5.3)
+    buckets = {
+        dict(labels)["le"]: value
+        for (n, labels), value in scrape.samples.items()
+        if n == f"{name}_bucket" and dict(labels)["status_class"] == "2xx"
+    }
+    assert (buckets["0.00025"], buckets["0.0005"], buckets["0.0025"]) == (0, 1, 2)
+    assert buckets["+Inf"] == 2
+    assert len(buckets) == len(BUCKETS) + 1
 
 
 def test_the_metrics_listener_is_recognised_on_a_wildcard_bind() -> None:

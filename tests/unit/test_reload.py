@@ -1,17 +1,22 @@
 """Applying a new configuration to a running hub (`hubd.reload.apply`, `Hub.reconfigure`,
 `Hub.revoke`), on a `WebContext` built as the daemon builds it, with subscribers served
-over `MemoryTransport` on trio's virtual clock."""
+over `MemoryTransport` on trio's virtual clock; and what `hubd.lifecycle.reload_config`
+reports of it (the `reloaded` line, systemd's STATUS, the record of the running
+configuration)."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import textwrap
+from pathlib import Path
 
 import pytest
 import trio
 from trio.testing import MockClock
 
-from hubd import reload
+from hubd import config_diff, lifecycle, reload, sdnotify
 from hubd.core.auth import Authenticator, Principal
 from hubd.core.close_codes import CLOSE_REVOKED, CLOSE_TRY_AGAIN_LATER
 from hubd.core.errors import HubError
@@ -464,3 +469,96 @@ async def test_size_limits_go_down_live_but_not_above_their_start_values() -> No
     assert "above 4096" in kept[0] and "above 8192" in kept[1]
     # Clamped to the values the web server started with.
     assert (ctx.hub.settings.max_message_bytes, ctx.settings.hub.max_publish_bytes) == (4096, 8192)
+
+
+# -- what a reload reports ----------------------------------------------------------------
+
+
+async def test_the_report_names_the_changed_keys_and_those_waiting_for_a_restart() -> None:
+    ctx = context(settings(ALICE))
+    new = settings(
+        '[server]\nlisten = ["127.0.0.1:9090"]\n[hub]\nqueue_size = 5\ncompression = true\n',
+        ALICE,
+        BOB,
+    )
+    report = reload.apply(ctx, new)
+    assert report.changed == ["hub.queue_size", "auth.tokens"]
+    assert report.restart_pending == ["server.listen", "hub.compression"]
+    assert [k.partition(":")[0] for k in report.kept] == ["server.listen", "hub.compression"]
+    # Reloading the same file again: only what still waits for the restart.
+    again = reload.apply(ctx, new)
+    assert (again.changed, again.restart_pending) == ([], ["server.listen", "hub.compression"])
+
+
+class Notifications(sdnotify.Notifier):
+    """A notifier that keeps what it would send."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[tuple[str, ...]] = []
+
+    def notify(self, *states: str) -> bool:
+        self.sent.append(states)
+        return True
+
+
+async def test_reload_config_logs_the_keys_sets_the_status_and_records_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    ctx = context(settings(ALICE))
+    path = tmp_path / "hubd.toml"
+    notifier = Notifications()
+
+    path.write_text("[hub]\nqueue_size = 5\n" + ALICE, encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="hubd"):
+        lifecycle.reload_config(ctx, str(path), notifier, None)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reloaded")]
+    assert line.endswith(" changed=hub.queue_size restart_pending=-"), line
+    assert notifier.sent[-1] == ("READY=1", "STATUS=serving (configuration reloaded)")
+    assert config_diff.read_record(str(tmp_path)).settings.hub.queue_size == 5
+
+    caplog.clear()
+    path.write_text(
+        '[server]\nlisten = ["127.0.0.1:9090"]\n[hub]\nqueue_size = 6\n' + ALICE + BOB,
+        encoding="utf-8",
+    )
+    with caplog.at_level(logging.INFO, logger="hubd"):
+        lifecycle.reload_config(ctx, str(path), notifier, None)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reloaded")]
+    assert line.endswith(" changed=hub.queue_size,auth.tokens restart_pending=server.listen"), line
+    assert notifier.sent[-1] == (
+        "READY=1",
+        "STATUS=serving (configuration reloaded; restart needed for server.listen)",
+    )
+    # The record holds what runs: the new queue size, the old listen address.
+    record = config_diff.read_record(str(tmp_path))
+    assert record.config == str(path)
+    assert (record.settings.hub.queue_size, record.settings.server.listen) == (
+        6,
+        ["127.0.0.1:8080"],
+    )
+    assert "bob-token" not in (tmp_path / config_diff.RECORD_NAME).read_text(encoding="utf-8")
+
+
+async def test_reload_config_records_nothing_without_a_runtime_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ctx = context(settings(ALICE))
+    path = tmp_path / "hubd.toml"
+    path.write_text(ALICE, encoding="utf-8")
+    lifecycle.reload_config(ctx, str(path), Notifications(), None)
+    assert os.listdir(tmp_path) == ["hubd.toml"]
+
+
+async def test_a_record_that_cannot_be_written_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "absent"
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(missing))
+    with caplog.at_level(logging.WARNING, logger="hubd"):
+        lifecycle.record_running(context(settings(ALICE)), "hubd.toml")
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"cannot record the running configuration in {missing}: ")

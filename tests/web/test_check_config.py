@@ -1,7 +1,10 @@
 """`hubd check-config` in process (`hubd.cli.main`): exit 0 with the summary and the
 worst-case memory, warnings on stderr, exit 2 with a message naming the key path and no
-traceback; the command line's usage errors. tests/e2e/test_cli.py runs the real command
-once, and keeps what needs a real process (`--version`, `python -m hubd`, `serve`)."""
+traceback; which file it reads (`-c`, `$HUBD_CONFIG`, the default, the positional PATH);
+`--against-running` on a record written as the daemon writes it; the command line's usage
+errors. tests/e2e/test_cli.py runs the real command once, and keeps what needs a real
+process (`--version`, `python -m hubd`, `serve`); tests/e2e/test_reload.py runs
+`--against-running` against a real daemon."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from typing import Any
 import pytest
 import trustme
 
+from hubd import cli, config_diff
 from hubd.cli import main
+from hubd.settings import load_settings
 
 from ..helpers import CREDENTIALS_TOML, issue_certificate, write_config
 
@@ -238,8 +243,9 @@ def test_check_config_loads_the_tls_files(
     good = write_config(
         tmp_path / "good.toml", server={"tls_cert": str(cert_path), "tls_key": str(key_path)}
     )
-    code, _, err = check(good, capsys)
+    code, out, err = check(good, capsys)
     assert code == 0, err
+    assert f" tls=on cert={cert_path} key={key_path} " in out.splitlines()[0]
     missing = tmp_path / "no-such-key.pem"
     bad = write_config(
         tmp_path / "bad.toml", server={"tls_cert": str(cert_path), "tls_key": str(missing)}
@@ -277,7 +283,8 @@ def test_check_config_unreadable_path_exits_2_naming_it(
         pytest.param(["--bogus"], id="top-level"),
         pytest.param(["serve", "--bogus"], id="serve"),
         pytest.param(["check-config", "--bogus", "x.toml"], id="check-config"),
-        pytest.param(["check-config"], id="no-path"),
+        pytest.param(["check-config", "-c", "a.toml", "b.toml"], id="two-files"),
+        pytest.param(["check-config", "--runtime-dir", "/run/hubd"], id="runtime-dir-alone"),
         pytest.param(["frobnicate"], id="unknown-command"),
     ],
 )
@@ -287,3 +294,224 @@ def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]
     assert info.value.code == 2
     out, err = capsys.readouterr()
     assert "usage: hubd" in err and "Traceback" not in out + err
+
+
+# -- which file: -c, $HUBD_CONFIG, the default ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-c", "{path}"], ["--config", "{path}"], ["{path}"], ["-c", "{path}", "{path}"]],
+    ids=["-c", "--config", "positional", "both-the-same"],
+)
+def test_check_config_reads_the_file_given(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+) -> None:
+    monkeypatch.setenv("HUBD_CONFIG", str(tmp_path / "not-this-one.toml"))
+    path = write_config(tmp_path / "given.toml", hub={"queue_size": 71})
+    code = main(["check-config", *(a.format(path=path) for a in args)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"{path}: ok: ") and "queue_size=71 " in out
+
+
+def test_check_config_reads_hubd_config_then_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from_env = write_config(tmp_path / "env.toml", hub={"queue_size": 72})
+    monkeypatch.setenv("HUBD_CONFIG", str(from_env))
+    assert main(["check-config"]) == 0
+    out, _ = capsys.readouterr()
+    assert out.startswith(f"{from_env}: ok: ") and "queue_size=72 " in out
+
+    monkeypatch.delenv("HUBD_CONFIG")
+    default = write_config(tmp_path / "default.toml", hub={"queue_size": 73})
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG", str(default))
+    assert main(["check-config"]) == 0
+    out, _ = capsys.readouterr()
+    assert out.startswith(f"{default}: ok: ") and "queue_size=73 " in out
+
+
+def test_check_config_without_a_file_names_the_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUBD_CONFIG", raising=False)
+    assert main(["check-config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"hubd: {cli.DEFAULT_CONFIG}: ") and "does not exist" in err, err
+
+
+# -- the summary: backplane, TLS, metrics ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sections", "shown"),
+    [
+        pytest.param({}, "backplane=memory tls=off metrics=main-listeners", id="defaults"),
+        pytest.param(
+            {
+                "backplane": {"kind": "redis", "url": "redis://hubd:s3cret@redis.example:6380/2"},
+                "metrics": {"listen": "127.0.0.1:9100"},
+            },
+            "backplane=redis url=redis://hubd:***@redis.example:6380/2 tls=off "
+            "metrics=127.0.0.1:9100",
+            id="redis-with-password",
+        ),
+        pytest.param(
+            {"backplane": {"kind": "redis", "url": "rediss://:s3cret@[::1]:6379/0"}},
+            "backplane=redis url=rediss://:***@[::1]:6379/0 ",
+            id="redis-ipv6",
+        ),
+        pytest.param(
+            {"backplane": {"kind": "redis", "url": "unix:///run/redis/redis.sock?db=1"}},
+            "backplane=redis url=unix:///run/redis/redis.sock?db=1 ",
+            id="redis-unix",
+        ),
+        pytest.param({"metrics": {"enabled": False}}, " metrics=off", id="metrics-off"),
+    ],
+)
+def test_check_config_summary_names_backplane_tls_and_metrics(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sections: dict[str, dict[str, Any]],
+    shown: str,
+) -> None:
+    code, out, err = check(write_config(tmp_path / "hubd.toml", **sections), capsys)
+    assert code == 0, err
+    summary = out.splitlines()[0]
+    assert shown in summary + " ", summary
+    assert "s3cret" not in out + err
+
+
+# -- --against-running -----------------------------------------------------------------------
+
+
+def record(tmp_path: Path, running: Path) -> Path:
+    """A runtime directory holding the record a daemon started on `running` writes."""
+    directory = tmp_path / "run"
+    directory.mkdir()
+    settings = load_settings(running)
+    config_diff.write_record(str(directory), settings, settings.hub, config=str(running))
+    return directory
+
+
+def against_running(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str], str]:
+    code = main(["check-config", *args, "--against-running"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = out.splitlines()
+    return code, lines[lines.index(next(x for x in lines if x.startswith("against "))) :], err
+
+
+def test_against_running_lists_each_key_and_marks_restarts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = write_config(tmp_path / "hubd.toml", hub={"queue_size": 64, "channels": ["builds"]})
+    directory = record(tmp_path, running)
+    new = write_config(
+        tmp_path / "new.toml",
+        hub={"queue_size": 128, "compression": True},
+        server={"max_header_bytes": 32768},
+    )
+    code, lines, err = against_running(capsys, "-c", str(new), "--runtime-dir", str(directory))
+    assert code == 0, err
+    assert lines[0].startswith("against the running hubd (pid ")
+    assert lines[1:] == [
+        "  server.max_header_bytes: 65536 -> 32768  "
+        "[restart needed: the HTTP server is set up at start]",
+        '  hub.channels: ["builds"] -> []  '
+        "[restart needed: removing 'builds' needs a restart; the channel list is unchanged]",
+        "  hub.queue_size: 64 -> 128",
+        "  hub.compression: false -> true  [restart needed]",
+        "reload: 1 key would apply at once; 3 keys would wait for a restart: "
+        "server.max_header_bytes, hub.channels, hub.compression",
+        f"note: the running hubd reloads {running}; put this file there first",
+    ]
+    assert err == ""
+
+
+def test_against_running_reports_changed_secrets_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = {"kind": "redis", "url": "redis://:old-pass@redis.example:6379/0"}
+    running = tmp_path / "hubd.toml"
+    running.write_text(
+        '[backplane]\nkind = "redis"\nurl = "redis://:old-pass@redis.example:6379/0"\n'
+        + CREDENTIALS_TOML,
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(record(tmp_path, running)))
+    # The same secrets, one now given as its sha256: nothing changes.
+    same = tmp_path / "same.toml"
+    same.write_text(
+        running.read_text(encoding="utf-8").replace(
+            'token = "t"',
+            'token_sha256 = "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8"',
+        ),
+        encoding="utf-8",
+    )
+    code, lines, err = against_running(capsys, "-c", str(same))
+    assert code == 0, err
+    assert lines[1:2] == ["reload: nothing would change"]
+    # New secrets: reported as changed, never shown.
+    changed = tmp_path / "changed.toml"
+    changed.write_text(
+        running.read_text(encoding="utf-8")
+        .replace("old-pass", "new-pass")
+        .replace('token = "t"', 'token = "new-token"'),
+        encoding="utf-8",
+    )
+    code, lines, err = against_running(capsys, "-c", str(changed))
+    assert code == 0, err
+    assert lines[1:3] == [
+        "  backplane.url: changed  [restart needed: the backplane is connected at start]",
+        "  auth.tokens[a]: changed",
+    ]
+    assert (
+        lines[3]
+        == "reload: 1 key would apply at once; 1 key would wait for a restart: backplane.url"
+    )
+    record_text = (tmp_path / "run" / config_diff.RECORD_NAME).read_text(encoding="utf-8")
+    for secret in ("old-pass", "new-pass", "new-token", '"t"'):
+        assert secret not in "\n".join(lines) + err + record_text
+    assert redis["url"] not in record_text
+
+
+def test_against_running_without_a_record_exits_2_naming_the_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(tmp_path / "hubd.toml")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "from-env"))
+    for args, directory in [
+        ([], tmp_path / "from-env"),
+        (["--runtime-dir", str(tmp_path / "given")], tmp_path / "given"),
+    ]:
+        code = main(["check-config", "-c", str(path), "--against-running", *args])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == ""
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"hubd: no running configuration is recorded in {directory} "), line
+
+
+def test_against_running_defaults_to_run_hubd(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.setattr(cli, "DEFAULT_RUNTIME_DIR", str(tmp_path / "run-hubd"))
+    code = main(["check-config", "-c", str(write_config(tmp_path / "h.toml")), "--against-running"])
+    _, err = capsys.readouterr()
+    assert code == 2 and f"recorded in {tmp_path / 'run-hubd'} " in err, err
+
+
+def test_against_running_checks_the_file_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write(tmp_path, "[hub]\nqueue_size = 0\n" + CREDENTIALS_TOML)
+    code = main(["check-config", "-c", str(bad), "--against-running", "--runtime-dir", "/nope"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "hub.queue_size must be >= 1, got 0" in err and "/nope" not in err

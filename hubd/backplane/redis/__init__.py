@@ -28,8 +28,9 @@ are told about (`Hub.missed`).
 
 The modules, by job: `scripts` (the Lua scripts), `wire` (message and argument formats),
 `options` (client options from `backplane.url`), `connection` (reconnect loop, error
-classification, epoch, lag cutoff), `leases` (IP and connection claims), `catchup`
-(delivery into the hub, catch-up, replay), and `node` (`RedisBackplane`, composing them).
+classification, epoch, lag cutoff), `outage` (what is logged while Redis is down),
+`leases` (IP and connection claims), `catchup` (delivery into the hub, catch-up, replay),
+and `node` (`RedisBackplane`, composing them).
 """
 
 from hubd.backplane.redis.catchup import GAP

@@ -11,7 +11,7 @@ import coredis.exceptions
 import trio
 
 from hubd.backplane.redis import scripts
-from hubd.backplane.redis.connection import REDIS_ERRORS, describe
+from hubd.backplane.redis.connection import REDIS_ERRORS, DataLost, describe
 from hubd.backplane.redis.wire import as_bytes
 from hubd.core.session import Session
 
@@ -90,9 +90,7 @@ class Leases:
             await trio.sleep(self.lease_seconds / 3)
             value = await client.get(self._key("epoch"))
             if value is None or as_bytes(value).decode() != epoch:
-                raise coredis.exceptions.ConnectionError(
-                    "Redis no longer holds this cluster's epoch (flushed or replaced)"
-                )
+                raise DataLost("Redis no longer holds this cluster's epoch (flushed or replaced)")
             await self.reclaim(client, sessions)
 
     async def reclaim(self, client: coredis.Redis[bytes], sessions: dict[str, Session]) -> None:

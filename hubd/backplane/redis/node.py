@@ -23,10 +23,10 @@ from hubd.backplane.redis.connection import (
     cluster_epoch,
     describe,
     lag_cutoff,
-    refused,
 )
 from hubd.backplane.redis.leases import Leases
-from hubd.backplane.redis.options import client_options, safe_url
+from hubd.backplane.redis.options import client_options
+from hubd.backplane.redis.outage import log_connected
 from hubd.core.admission import check_owner, unknown_client
 from hubd.core.auth import Principal
 from hubd.core.errors import HubError
@@ -35,7 +35,6 @@ from hubd.core.hub import Hub
 from hubd.core.publishing import Checked, RemoteClient
 from hubd.core.session import Session
 from hubd.core.unsubscribe import UnsubscribeResult, requested_channels, unsubscribe
-from hubd.logs import event
 from hubd.protocol.channels import GLOBAL
 from hubd.settings import BackplaneSettings
 
@@ -83,6 +82,16 @@ class RedisBackplane:
     @property
     def status(self) -> str:
         return "redis: connected" if self.healthy else f"redis: unavailable ({self._link.why})"
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Redis failures since start, by kind (`connection.ERROR_KINDS`)."""
+        return dict(self._link.errors)
+
+    @property
+    def reconnects(self) -> int:
+        """Connections to Redis made again after one was lost or failed, since start."""
+        return self._link.reconnects
 
     @property
     def releases_dropped(self) -> int:
@@ -147,15 +156,10 @@ class RedisBackplane:
             self._previous = 0
             await self._catch_up(client, watching)
             if self._link.up(client):  # the first subscription of this connection
+                # Logged before anything awaits: whoever waited for the connection (the
+                # daemon's `ready`) runs after this line.
+                log_connected(self._link.last_outage, self.settings.url, self.node, epoch)
                 await self._leases.reclaim(client, self.hub.sessions)
-                event(
-                    log,
-                    logging.INFO,
-                    "backplane connected",
-                    url=safe_url(self.settings.url),
-                    node=self.node,
-                    epoch=epoch,
-                )
                 nursery.start_soon(self._leases.renew_loop, client, epoch, self.hub.sessions)
                 nursery.start_soon(self._leases.release_loop, client)
                 nursery.start_soon(self._link.reset_on_request)
@@ -211,6 +215,7 @@ class RedisBackplane:
                 epoch,
                 self._epoch_seen,
             )
+            self._link.lost_data()
             self.hub.renumbered()
             self._renumbered = True
             self._caught_up = 0
@@ -278,7 +283,7 @@ class RedisBackplane:
                 self._link.reset.set()  # reconnect: the session starts a new epoch
                 raise unavailable("Redis lost its data; reconnecting") from None
             # Out of memory, read-only replica, ...: nothing was published.
-            raise refused(exc) from None
+            raise self._link.refused(exc) from None
         return wire.published_ids(ids)
 
     async def replay(self, channels: list[str], since: str) -> Replay:
@@ -291,7 +296,7 @@ class RedisBackplane:
         except CONNECTION_ERRORS as exc:
             raise self._link.lost(exc) from None
         except coredis.exceptions.RedisError as exc:
-            raise refused(exc) from None
+            raise self._link.refused(exc) from None
         if snap.epoch != self.hub.epoch:
             self._link.reset.set()  # Redis lost its data meanwhile: reconnect into the new epoch
             return Replay([], False, after)
@@ -306,7 +311,7 @@ class RedisBackplane:
         except CONNECTION_ERRORS as exc:
             raise self._link.lost(exc) from None
         except coredis.exceptions.RedisError as exc:
-            raise refused(exc) from None
+            raise self._link.refused(exc) from None
 
     def release(self, session: Session) -> None:
         self._leases.release(session)
@@ -325,7 +330,7 @@ class RedisBackplane:
         except CONNECTION_ERRORS as exc:
             raise self._link.lost(exc) from None
         except coredis.exceptions.RedisError as exc:
-            raise refused(exc) from None
+            raise self._link.refused(exc) from None
         return found
 
     async def unsubscribe(
@@ -362,7 +367,7 @@ class RedisBackplane:
         except CONNECTION_ERRORS as exc:
             raise self._link.lost(exc) from None
         except coredis.exceptions.RedisError as exc:
-            raise refused(exc) from None
+            raise self._link.refused(exc) from None
         if not receivers:
             # No node is listening (the one holding the client is reconnecting): the
             # command would be lost, so it is refused rather than answered 200.
