@@ -4,6 +4,7 @@ missed, publish and publish --stdin, the admin commands, credentials and exit co
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pty
@@ -379,13 +380,24 @@ async def test_subscribe_while_this_address_is_connected_exits_2(
     hub_server: SessionHubd, tmp_path: Path
 ) -> None:
     ip = client_ip()
+    after = str(ipaddress.IPv4Address(ip) + 1)
     async with HubClient(hub_server.url, SUB, source_address=ip).subscribe("pdfm"):
+        for command in (["subscribe", "pdfm"], ["whoami"]):
+            result = await run_hubctl(
+                [*as_user(hub_server.url, "sub-token", ip), *command], hubctl_env(tmp_path)
+            )
+            _, err = text(result)
+            assert result.returncode == 2, err
+            # The server's words, then what it means and what to do.
+            assert f"(409 ip_in_use): client IP {ip} already has an open connection" in err
+            assert "Close the other one (another hubctl subscribe?)" in err
+            assert f"connect from another address with --source-address {after}" in err
+            assert "limits.one_connection_per_ip" in err
+        # The address it suggests gets in.
         result = await run_hubctl(
-            [*as_user(hub_server.url, "sub-token", ip), "subscribe", "pdfm"], hubctl_env(tmp_path)
+            [*as_user(hub_server.url, "sub-token", after), "whoami"], hubctl_env(tmp_path)
         )
-    _, err = text(result)
-    assert result.returncode == 2, err
-    assert "409 ip_in_use" in err and "one per client IP" in err
+        assert result.returncode == 0, text(result)[1]
 
 
 async def test_unreachable_server_exits_1(tmp_path: Path) -> None:
@@ -812,3 +824,48 @@ async def test_library_publish_many_and_whoami(hub_server: SessionHubd) -> None:
     who = await HubClient(url, ADMIN, source_address=client_ip()).whoami()
     assert who.principal == "admin" and who.subscriptions == ("system", "global")
     assert who.ip is not None and who.ip.startswith("127.10.")
+
+
+def docs_subscribe_example() -> str:
+    """The program under "Subscribe, with resume" in docs/client.md."""
+    docs = (Path(__file__).parents[2] / "docs" / "client.md").read_text(encoding="utf-8")
+    section = docs.split("### Subscribe, with resume", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_docs_subscribe_example_stops_quietly_on_ctrl_c(
+    hub_server: SessionHubd, tmp_path: Path
+) -> None:
+    program = docs_subscribe_example()
+    dev = 'HubClient("http://127.0.0.1:8080", Credentials(token="dev-subscriber-token"))'
+    assert dev in program
+    ours = f"HubClient({hub_server.url!r}, Credentials(token='sub-token'), "
+    script = tmp_path / "subscriber.py"
+    script.write_text(
+        program.replace(dev, f"{ours}source_address={client_ip()!r})"), encoding="utf-8"
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-u", str(script)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    running = Running(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stdout is not None and process.stderr is not None
+            nursery.start_soon(running.pump, process.stdout, running.out)
+            nursery.start_soon(running.pump, process.stderr, running.err)
+            assert (await running.wait_out(1))[0].startswith("connected as ")
+            event_id = await publish(hub_server.url, "pdfm", "DOCS_EXAMPLE", {"vm": "vm-1"})
+            assert "pdfm DOCS_EXAMPLE" in (await running.wait_out(2))[1]
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(WAIT):
+                code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert code == 0, "\n".join(running.err)
+    assert running.err == []  # no KeyboardInterrupt traceback
+    assert (tmp_path / "last-event-id").read_text() == event_id

@@ -5,6 +5,7 @@ secrets never in a message, a repr or `--help`."""
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,21 @@ import pytest
 from hubd.client import Credentials
 from hubd.client.endpoint import Endpoint
 from hubd.hubctl import main
-from hubd.hubctl.config import ConfigError, Settings, config_path, load
+from hubd.hubctl.config import (
+    DEFAULT_URL,
+    DEV_ADMIN,
+    DEV_CREDENTIAL,
+    ConfigError,
+    Settings,
+    config_path,
+    dev_credential_hint,
+    load,
+)
 
 SECRET_FILE_TOKEN = "file-secret-token-1"
 SECRET_ENV_TOKEN = "env-secret-token-2"
 SECRET_FLAG_KEY = "flag-secret-key-3"
+DEV_TOML = Path(__file__).parents[2] / "config" / "hubd.dev.toml"
 
 
 def write_config(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
@@ -119,14 +130,33 @@ def test_a_broken_file_is_not_read_when_flags_and_env_give_everything(tmp_path: 
 # -- missing or unusable settings ----------------------------------------------------------
 
 
-def test_missing_url_says_where_to_put_one(tmp_path: Path) -> None:
+def test_no_url_anywhere_means_make_runs_server(tmp_path: Path) -> None:
+    got = settings(tmp_path, {"HUBD_TOKEN": SECRET_ENV_TOKEN})
+    assert got.url == DEFAULT_URL == "http://127.0.0.1:8080"
+    assert got.url_source == "the default" and got.default_url
+    assert got.credential_source == "HUBD_TOKEN"
+
+
+@pytest.mark.parametrize("where", ["flag", "env", "file"])
+def test_a_configured_url_beats_the_default(tmp_path: Path, where: str) -> None:
+    path = write_config(tmp_path, 'url = "http://file.example:1"\n')
+    env = {"HUBCTL_CONFIG": str(path), "HUBD_TOKEN": "t"}
+    if where == "env":
+        env["HUBD_URL"] = "http://env.example:1"
+    got = settings(tmp_path, env, url="http://flag.example:1" if where == "flag" else None)
+    assert got.url == f"http://{where}.example:1"
+    assert not got.default_url
+
+
+def test_the_default_url_is_what_the_dev_config_serves() -> None:
+    dev = tomllib.loads(DEV_TOML.read_text(encoding="utf-8"))
+    assert Endpoint.parse(DEFAULT_URL).authority in dev["server"]["listen"]
+
+
+def test_no_credential_is_made_up(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        settings(tmp_path, {"HUBD_TOKEN": SECRET_ENV_TOKEN})
-    message = str(info.value)
-    assert "no hubd URL" in message
-    for where in ("--url", "HUBD_URL", str(tmp_path / ".config" / "hubd" / "hubctl.toml")):
-        assert where in message
-    assert SECRET_ENV_TOKEN not in message
+        settings(tmp_path)
+    assert str(info.value).startswith("no credential")
 
 
 def test_missing_credential_says_where_to_put_one(tmp_path: Path) -> None:
@@ -136,6 +166,62 @@ def test_missing_credential_says_where_to_put_one(tmp_path: Path) -> None:
     assert "no credential" in message
     for where in ("--token", "--api-key", "HUBD_TOKEN", "HUBD_API_KEY", "api_key"):
         assert where in message
+    assert "dev-" not in message  # not the development server: no development credential
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [
+        ("subscribe", "--token dev-subscriber-token"),
+        ("publish", "--api-key dev-publisher-key"),
+        ("stats", "--token dev-admin-token"),
+        ("clients", "--token dev-admin-token"),
+        ("whoami", "--token dev-admin-token"),
+        (None, "--token dev-admin-token"),
+    ],
+)
+@pytest.mark.parametrize("url", [None, "http://127.0.0.1:8080", "http://localhost:8080/"])
+def test_missing_credential_for_the_dev_server_names_its_credential(
+    tmp_path: Path, command: str | None, hint: str, url: str | None
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(url=url, token=None, api_key=None, env={}, home=tmp_path, command=command)
+    message = str(info.value)
+    assert message.startswith("no credential: pass --token or --api-key")
+    assert f"For `make run`'s development server: {hint} (public, from config/hubd.dev.toml)" in (
+        message
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:8080",
+        "http://127.0.0.1:8081",
+        "http://10.0.0.5:8080",
+        "http://127.0.0.1:8080/hub",
+    ],
+)
+def test_other_servers_get_no_development_credential(tmp_path: Path, url: str) -> None:
+    assert dev_credential_hint(url, "subscribe") == ""
+    with pytest.raises(ConfigError) as info:
+        settings(tmp_path, {"HUBD_URL": url})
+    assert "dev-" not in str(info.value)
+
+
+def test_the_suggested_dev_credentials_are_the_dev_configs() -> None:
+    """Each suggestion is a credential of config/hubd.dev.toml with the role the command
+    needs (admin for the rest)."""
+    dev = tomllib.loads(DEV_TOML.read_text(encoding="utf-8"))
+    roles = {t["token"]: t["roles"] for t in dev["auth"]["tokens"]}
+    roles |= {k["key"]: k["roles"] for k in dev["auth"]["api_keys"]}
+    needed = {"subscribe": "subscriber", "publish": "publisher"}
+    for command, credential in [*DEV_CREDENTIAL.items(), ("stats", DEV_ADMIN)]:
+        secret = credential.token or credential.api_key
+        assert secret is not None
+        assert roles[secret] == [needed.get(command, "admin")]
+        kind = "tokens" if credential.token else "api_keys"
+        assert secret in [c.get("token") or c.get("key") for c in dev["auth"][kind]]
 
 
 def test_token_and_api_key_from_one_place_is_an_error(tmp_path: Path) -> None:
@@ -245,12 +331,15 @@ def test_missing_configuration_exits_2_with_a_message(
     for name in ("HUBD_URL", "HUBD_TOKEN", "HUBD_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HUBCTL_CONFIG", str(tmp_path / "absent.toml"))
-    assert main(["stats", "--token", SECRET_ENV_TOKEN]) == 2
+    assert main(["stats"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("hubctl: no hubd URL")
-    assert SECRET_ENV_TOKEN not in err
-    assert main(["--url", "http://127.0.0.1:9", "stats"]) == 2
-    assert capsys.readouterr().err.startswith("hubctl: no credential")
+    assert err.startswith("hubctl: no credential")
+    assert "--token dev-admin-token" in err  # the default URL is the development server's
+    assert main(["--url", "http://127.0.0.1:9", "subscribe", "pdfm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hubctl: no credential") and "dev-" not in err
+    assert main(["subscribe", "pdfm"]) == 2
+    assert "--token dev-subscriber-token" in capsys.readouterr().err
 
 
 def test_options_work_before_and_after_the_command(
