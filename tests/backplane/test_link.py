@@ -90,9 +90,16 @@ def lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 
 
 async def run_link(
-    nursery: trio.Nursery, redis: FakeRedis, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery,
+    redis: FakeRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    report_every: float | None = None,
 ) -> Link:
+    """A Link reconnecting to `redis`, running in `nursery`; `report_every` overrides
+    how often an ongoing outage is logged (0: every failure)."""
     link = Link({})
+    if report_every is not None:
+        link.outage.every = report_every
     redis.attach(link, monkeypatch)
     nursery.start_soon(link.run, redis.serve)
     return link
@@ -106,10 +113,8 @@ async def test_each_retry_line_states_the_wait_that_follows(
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER)
     redis = FakeRedis(refused)
-    link = Link({})
-    link.outage.every = 0.0  # every failure logged, so that each wait has its line
-    redis.attach(link, monkeypatch)
-    nursery.start_soon(link.run, redis.serve)
+    # Every failure logged, so that each wait has its line.
+    await run_link(nursery, redis, monkeypatch, report_every=0.0)
     await redis.until_attempts(10)
     logged = lines(caplog)
     assert logged[0][1].startswith("backplane unavailable: ConnectionRefusedError")
