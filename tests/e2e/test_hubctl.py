@@ -860,6 +860,15 @@ async def test_the_docs_subscribe_example_stops_quietly_on_ctrl_c(
             assert (await running.wait_out(1))[0].startswith("connected as ")
             event_id = await publish(hub_server.url, "pdfm", "DOCS_EXAMPLE", {"vm": "vm-1"})
             assert "pdfm DOCS_EXAMPLE" in (await running.wait_out(2))[1]
+            # The example prints an event, then records it as its resume point: Ctrl-C
+            # once that is done, as a user who saw the event recorded would.
+            state = tmp_path / "last-event-id"
+            with trio.fail_after(WAIT):
+                # A file has no event to wait on: poll it.
+                while True:
+                    if state.exists() and state.read_text() == event_id:
+                        break
+                    await trio.sleep(0.01)
             process.send_signal(signal.SIGINT)
             with trio.fail_after(WAIT):
                 code = await process.wait()
