@@ -28,9 +28,6 @@ class Resumes:
         self._subscribers = subscribers
         self.sessions: dict[Session, None] = {}
 
-    def __bool__(self) -> bool:
-        return bool(self.sessions)
-
     def begin(self, session: Session) -> None:
         """Take `session` out of live delivery; what its channels publish is held."""
         for channel in session.subscriptions:
