@@ -51,6 +51,8 @@ run: $(RUNTIME_STAMP)
 	@echo "    .venv/bin/hubctl --api-key dev-publisher-key publish pdfm VM_STATE_CHANGED --body '{\"vm\":\"vm-1\",\"state\":\"running\"}'"
 	@echo ""
 	@echo "  Counters: .venv/bin/hubctl --token dev-admin-token stats"
+	@echo "  Web console: http://127.0.0.1:8080/console (sign in with dev-admin-token; its live tail"
+	@echo "  is this machine's one subscriber, so hubctl subscribe then needs --source-address 127.0.0.2)."
 	@echo "  Without hubctl: wscat and curl, see README.md. One subscriber per client IP (409 ip_in_use):"
 	@echo "  a second one on this machine needs --source-address 127.0.0.2."
 	@echo ""

@@ -10,6 +10,7 @@ from typing import Literal
 
 from hubd.core.errors import HubError
 from hubd.protocol.channels import GLOBAL
+from hubd.protocol.subprotocols import NO_OFFER, Offer
 from hubd.settings import AuthSettings
 
 CredentialKind = Literal["token", "api_key"]
@@ -74,9 +75,11 @@ class Authenticator:
         authorization: str | None,
         api_key: str | None,
         access_token: str | None = None,
+        offer: Offer = NO_OFFER,
     ) -> Principal:
         """Resolve the first credential presented, in this order: `Authorization: Bearer`,
-        `X-Api-Key`, `?access_token=`. Raises `HubError(401)` when none is presented or the
+        `X-Api-Key`, a `bearer.`/`apikey.` WebSocket subprotocol (`offer`, already
+        decoded), `?access_token=`. Raises `HubError(401)` when none is presented or the
         one presented is unknown."""
         if authorization is not None:
             scheme, _, value = authorization.strip().partition(" ")
@@ -90,13 +93,18 @@ class Authenticator:
             return self._match(self._tokens, value.strip(), "bearer token")
         if api_key is not None:
             return self._match(self._api_keys, api_key.strip(), "API key")
+        if offer.secret is not None:
+            if offer.kind == "token":
+                return self._match(self._tokens, offer.secret, "bearer token")
+            return self._match(self._api_keys, offer.secret, "API key")
         if access_token is not None:
             return self._match(self._tokens, access_token, "access_token")
         raise HubError(
             401,
             "unauthorized",
-            "no credentials: send 'Authorization: Bearer <token>', 'X-Api-Key: <key>' "
-            "or the access_token query parameter",
+            "no credentials: send 'Authorization: Bearer <token>', 'X-Api-Key: <key>', "
+            "the access_token query parameter, or (WebSocket) the subprotocol "
+            "'bearer.<base64url token>' beside 'hubd.v1'",
         )
 
     @staticmethod

@@ -88,6 +88,24 @@ class Hub:
 
     # -- connections -------------------------------------------------------------------
 
+    def check_admission(
+        self, principal: Principal, ip: str, event_types: str | None, since: str | None
+    ) -> list[str]:
+        """The rules of `admit`, in its order, changing nothing: the channels the
+        subscriber would get, or the `HubError` it would be refused with."""
+        if self.draining:
+            raise admission.draining()
+        subscriptions = admission.check_subscriber(
+            principal, event_types, self.channels, self.settings.max_channels_per_request
+        )
+        if self.limits.one_connection_per_ip and ip in self._by_ip:
+            raise admission.ip_in_use(ip)
+        if since is not None:
+            admission.check_since(since)
+        if len(self.sessions) >= self.limits.max_connections:
+            raise admission.at_capacity(self.limits.max_connections)
+        return subscriptions
+
     def admit(
         self,
         principal: Principal,
@@ -106,17 +124,7 @@ class Hub:
         (an event id), every held event of its channels published after that one follows,
         then a `replay_complete` notice, then live events: nothing can be published in
         between, so there is no gap and no duplicate."""
-        if self.draining:
-            raise admission.draining()
-        subscriptions = admission.check_subscriber(
-            principal, event_types, self.channels, self.settings.max_channels_per_request
-        )
-        if self.limits.one_connection_per_ip and ip in self._by_ip:
-            raise admission.ip_in_use(ip)
-        if since is not None:
-            admission.check_since(since)
-        if len(self.sessions) >= self.limits.max_connections:
-            raise admission.at_capacity(self.limits.max_connections)
+        subscriptions = self.check_admission(principal, ip, event_types, since)
         session = Session(
             client_id=str(uuid.uuid4()),
             principal=principal,

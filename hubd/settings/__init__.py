@@ -17,6 +17,7 @@ from hubd.settings.fields import parse_listen
 from hubd.settings.messages import translate
 from hubd.settings.sections import (
     BackplaneSettings,
+    ConsoleSettings,
     HubSettings,
     LimitsSettings,
     LogSettings,
@@ -28,6 +29,7 @@ __all__ = [
     "AuthSettings",
     "BackplaneSettings",
     "ConfigError",
+    "ConsoleSettings",
     "HubSettings",
     "LimitsSettings",
     "LogSettings",
@@ -51,6 +53,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
     backplane: BackplaneSettings = msgspec.field(default_factory=BackplaneSettings)
 
     def summary(self) -> str:

@@ -154,6 +154,11 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     format: Literal["text", "json"] = "text"
 
 
+class ConsoleSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Serve the web console at /console (static files; it signs in like any client).
+    enabled: bool = True
+
+
 class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Serve GET /metrics (Prometheus text format).
     enabled: bool = True

@@ -1,6 +1,7 @@
 """The ASGI application hubd serves: WebSockets go to the lean subscribe handler,
 `POST /v1/events` to the lean publish handler, every other scope to the Quart-Trio app.
-Requests arriving on the metrics listener are answered by the metrics handler only.
+`/console` to the console's
+static files. Requests arriving on the metrics listener are answered by the metrics handler only.
 Every response any of them builds goes through web/responses.py."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 import trio
 
 from hubd.protocol.quoting import quoted
+from hubd.web.console import is_console, load_assets, serve_console
 from hubd.web.context import WebContext
 from hubd.web.http import create_http_app, route_of
 from hubd.web.publish_route import handle_publish, is_publish
@@ -23,6 +25,7 @@ class HubdApp:
     def __init__(self, ctx: WebContext) -> None:
         self.ctx = ctx
         self.http = create_http_app(ctx)
+        self.console = load_assets()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -47,6 +50,8 @@ class HubdApp:
 
             if is_publish(scope):
                 await handle_publish(ctx, scope, receive, counted_send)
+            elif is_console(scope["path"]):
+                await serve_console(self.console, ctx.settings.console.enabled, scope, counted_send)
             else:
                 await self.http(scope, receive, counted_send)
         else:

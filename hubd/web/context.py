@@ -11,6 +11,7 @@ from hubd.core.clientip import Network
 from hubd.core.errors import HubError
 from hubd.core.hub import Hub
 from hubd.metrics import HttpCounts, Metrics
+from hubd.protocol.subprotocols import NO_OFFER, Offer
 from hubd.settings import Settings
 
 
@@ -41,10 +42,13 @@ class WebContext:
         if self.backplane is None:
             self.backplane = MemoryBackplane(self.hub)
 
-    def authenticate(self, headers: Mapping[str, str], access_token: str | None) -> Principal:
-        """Authenticate from lower-cased request headers and the access_token query value."""
+    def authenticate(
+        self, headers: Mapping[str, str], access_token: str | None, offer: Offer = NO_OFFER
+    ) -> Principal:
+        """Authenticate from lower-cased request headers, the access_token query value and
+        (WebSocket handshakes) the credential offered as a subprotocol."""
         return self.auth.authenticate(
-            headers.get("authorization"), headers.get("x-api-key"), access_token
+            headers.get("authorization"), headers.get("x-api-key"), access_token, offer
         )
 
     def require_admin(self, headers: Mapping[str, str], access_token: str | None) -> Principal:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any, cast
 
 import msgspec
 import trio
@@ -28,6 +29,7 @@ from hubd.web.responses import (
     json_response,
     quart_response,
 )
+from hubd.web.ws import dry_run
 
 log = logging.getLogger("hubd.http")
 
@@ -46,12 +48,16 @@ ROUTES = frozenset(
         "/ws/clients",
         "/health",
         "/ready",
+        "/whoami",
     )
 ) | {"/metrics"}
 
 
 def route_of(path: str) -> str:
-    return path if path in ROUTES else "other"
+    if path in ROUTES:
+        return path
+    # The console's page and files, one label for all.
+    return "/console" if path == "/console" or path.startswith("/console/") else "other"
 
 
 def _utc(wall: float) -> str:
@@ -142,7 +148,7 @@ def create_http_app(ctx: WebContext) -> QuartTrio:
 
 
 def _add_client_routes(app: QuartTrio, ctx: WebContext) -> None:
-    """Unsubscribe, and the subscribe path asked for over plain HTTP."""
+    """Who am I, unsubscribe, and the subscribe path asked for over plain HTTP."""
 
     async def unsubscribe() -> Response:
         principal = ctx.authenticate(_headers(), request.args.get("access_token"))
@@ -176,15 +182,24 @@ def _add_client_routes(app: QuartTrio, ctx: WebContext) -> None:
         )
 
     async def subscribe_over_http() -> Response:
-        return _error(
-            426,
-            "upgrade_required",
-            "this endpoint speaks WebSocket: connect with a WebSocket client "
-            "(ws://host/v1/ws/subscribe?event_types=...)",
+        # The handshake's checks, answered over plain HTTP (see ws.dry_run).
+        return _hub_error(dry_run(ctx, cast("dict[str, Any]", request.scope)))
+
+    async def whoami() -> Response:
+        principal = ctx.authenticate(_headers(), request.args.get("access_token"))
+        return json_response(
+            200,
+            {
+                "principal": principal.name,
+                "kind": principal.kind,
+                "roles": sorted(principal.roles),
+                "channels": None if principal.channels is None else sorted(principal.channels),
+            },
         )
 
     for prefix in PREFIXES:
         tag = prefix.strip("/").replace("/", "_")
+        app.add_url_rule(f"{prefix}/whoami", f"whoami_{tag}", whoami, methods=["GET"])
         app.add_url_rule(
             f"{prefix}/ws/unsubscribe", f"unsubscribe_{tag}", unsubscribe, methods=["POST"]
         )

@@ -9,6 +9,7 @@ it runs once per delivery.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from hubd.core.serving import serve_session
 from hubd.core.session import Session
 from hubd.core.transport import Transport
 from hubd.logs import RateLimitedLog, event
+from hubd.protocol import subprotocols
 from hubd.protocol.quoting import quoted
 from hubd.web.asgi_transport import AsgiTransport
 from hubd.web.context import WebContext
@@ -76,6 +78,8 @@ class _Request:
     event_types: str | None
     batch: bool
     since: str | None
+    # The subprotocol the accept selects (`hubd.v1` when the client offered it).
+    subprotocol: str | None
 
 
 def _read_request(ctx: WebContext, scope: Scope) -> tuple[str, _Request | HubError]:
@@ -98,16 +102,52 @@ def _read_request(ctx: WebContext, scope: Scope) -> tuple[str, _Request | HubErr
         check_origin(
             headers.get("origin"), headers.get("host"), ctx.settings.server.allowed_origins
         )
-        principal = ctx.authenticate(headers, query.get("access_token"))
+        offer = read_offer(scope.get("subprotocols") or ())
+        principal = ctx.authenticate(headers, query.get("access_token"), offer)
         return ip, _Request(
             principal=principal,
             event_types=query.get("event_types"),
             batch=_flag(query, "batch"),
             # Resume point: ?since= (any client) or Last-Event-ID (the SSE convention).
             since=query.get("since") or headers.get("last-event-id") or None,
+            subprotocol=offer.selected,
         )
     except HubError as exc:
         return ip, exc
+
+
+def read_offer(offered: Iterable[str]) -> subprotocols.Offer:
+    """The handshake's subprotocols read (`hubd.v1`, a `bearer.`/`apikey.` credential):
+    401 for a credential that cannot be decoded, 400 for an offer of the wrong shape."""
+    try:
+        return subprotocols.parse(list(offered))
+    except subprotocols.SubprotocolError as exc:
+        if exc.credential:
+            raise HubError(401, "unauthorized", exc.message) from None
+        raise HubError(400, "bad_request", exc.message) from None
+
+
+def dry_run(ctx: WebContext, scope: Scope) -> HubError:
+    """What a WebSocket handshake with this request's headers and query would be answered:
+    the refusal, or 426 `upgrade_required` when every check passes (on this node: with the
+    Redis backplane another node may still hold this IP's connection).
+
+    A browser's WebSocket API never shows why a handshake was refused, so a page (the
+    console) asks this over plain HTTP to tell its user."""
+    ip, request = _read_request(ctx, scope)
+    if isinstance(request, HubError):
+        return request
+    try:
+        ctx.hub.check_admission(request.principal, ip, request.event_types, request.since)
+    except HubError as exc:
+        return exc
+    return HubError(
+        426,
+        "upgrade_required",
+        "this endpoint speaks WebSocket; a handshake with these credentials and channels "
+        "would be accepted: connect with a WebSocket client "
+        "(ws://host/v1/ws/subscribe?event_types=...)",
+    )
 
 
 def _rejected(ctx: WebContext, ip: str, error: HubError) -> None:
@@ -168,6 +208,7 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
     try:
         if isinstance(request, HubError):
             raise request
+        subprotocol = request.subprotocol
         session = await join(
             ctx.backplane,
             request.principal,
@@ -196,7 +237,10 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
             # or "asgi" (TLS, compression, or a server hubd does not know).
             write=write,
         )
-        await send({"type": "websocket.accept"})
+        accept: Message = {"type": "websocket.accept"}
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
         await serve_session(ctx.hub, session, transport)
     finally:
         ctx.hub.unregister(session)

@@ -341,8 +341,9 @@ async def ws_connect(
     *,
     host: str = HOST,
     rcvbuf: int | None = None,
+    subprotocols: Sequence[str] | None = None,
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """Open a real WebSocket to the server from `src_ip`.
+    """Open a real WebSocket to the server from `src_ip` (offering `subprotocols`).
 
     A handshake the server refuses raises `ConnectionRejected` (status, headers, body).
     `rcvbuf` shrinks the socket's receive buffer so that a client which stops reading
@@ -353,7 +354,12 @@ async def ws_connect(
         async with trio.open_nursery() as nursery:
             with trio.fail_after(WAIT):
                 ws = await trio_websocket.wrap_client_stream(
-                    nursery, stream, authority(host, port), resource, extra_headers=extra
+                    nursery,
+                    stream,
+                    authority(host, port),
+                    resource,
+                    subprotocols=subprotocols,
+                    extra_headers=extra,
                 )
             try:
                 yield ws
