@@ -3,6 +3,8 @@
 // The credential is typed once and kept in sessionStorage (this tab only, gone when the
 // tab closes), never in a URL or localStorage: URLs end up in history and proxy logs.
 
+import { say } from "./dom.js";
+
 const STORAGE_KEY = "hubd.console.credential";
 const KINDS = new Set(["token", "api_key"]);
 
@@ -138,4 +140,24 @@ export function poller(task, intervalMs) {
       tick();
     },
   };
+}
+
+/** A poller of GET `path` every `intervalMs`: each answer goes to `onAnswer`; a failure is
+ *  shown in `errorNode` (cleared by the next answer), and a 401/403 stops it: a
+ *  credential that lost its rights will not get them back by asking again. */
+export function jsonPoller(path, intervalMs, errorNode, onAnswer) {
+  const poll = poller(async (signal) => {
+    let answer;
+    try {
+      answer = await api(path, { signal });
+    } catch (failure) {
+      if (failure.name === "AbortError") throw failure;
+      say(errorNode, failure.message);
+      if (failure.status === 401 || failure.status === 403) poll.stop();
+      return;
+    }
+    say(errorNode, "");
+    onAnswer(answer);
+  }, intervalMs);
+  return poll;
 }

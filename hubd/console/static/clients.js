@@ -4,31 +4,18 @@
 // Rows are updated in place, keyed by client id, rather than rebuilt on every refresh:
 // a button the user is about to click stays the same element.
 
-import { api, poller } from "./api.js";
+import { api, jsonPoller } from "./api.js";
 import { clockTime, el, say } from "./dom.js";
 
 const REFRESH_MS = 3000;
 
 export function createClients({ table, error, updated, count, ownClientId }) {
   const body = table.tBodies[0];
-  const poll = poller(refresh, REFRESH_MS);
-
-  async function refresh(signal) {
-    let answer;
-    try {
-      answer = await api("/v1/ws/clients", { signal });
-    } catch (failure) {
-      if (failure.name === "AbortError") throw failure;
-      say(error, failure.message);
-      // A credential that lost its rights will not get them back by asking again.
-      if (failure.status === 401 || failure.status === 403) poll.stop();
-      return;
-    }
-    say(error, "");
+  const poll = jsonPoller("/v1/ws/clients", REFRESH_MS, error, (answer) => {
     render(answer.clients ?? []);
     count.textContent = `${answer.count ?? answer.clients?.length ?? 0} open connection(s)`;
     updated.textContent = `Updated ${clockTime(new Date())}`;
-  }
+  });
 
   function render(clients) {
     const existing = new Map([...body.rows].map((row) => [row.dataset.clientId, row]));

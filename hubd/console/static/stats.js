@@ -5,7 +5,7 @@
 // Latency is charted per reading interval, from the difference of the cumulative
 // histograms, so a slow second shows up instead of drowning in the since-start figures.
 
-import { api, poller } from "./api.js";
+import { jsonPoller } from "./api.js";
 import { createChart } from "./charts.js";
 import { say } from "./dom.js";
 
@@ -75,22 +75,10 @@ export function createStats({ panels, error, summary }) {
     }),
   };
   let previous = null;
-  const poll = poller(read, POLL_MS);
-
-  async function read(signal) {
-    let stats;
-    try {
-      stats = await api("/v1/ws/stats", { signal });
-    } catch (failure) {
-      if (failure.name === "AbortError") throw failure;
-      say(error, failure.message);
-      if (failure.status === 401 || failure.status === 403) poll.stop();
-      return;
-    }
-    say(error, "");
+  const poll = jsonPoller("/v1/ws/stats", POLL_MS, error, (stats) => {
     show(stats, previous);
     previous = { ...stats, buckets: sortedBuckets(stats.delivery_latency) };
-  }
+  });
 
   function show(stats, before) {
     value(panels.connections).textContent = String(stats.connections);
