@@ -1,6 +1,7 @@
 """Command line: `hubd serve`, `hubd check-config`, `hubd hash-secret`, `hubd --version`.
 `serve` and `check-config` read `-c/--config PATH`, else $HUBD_CONFIG, else
-/etc/hubd/hubd.toml (`check-config PATH` works too).
+/etc/hubd/hubd.toml (`check-config PATH` works too), and take `--instance N` for one of
+several processes on one file (systemd/hubd@.service; `hubd.settings.instance`).
 Exit codes: 0 ok, 2 usage or configuration error (a message, never a traceback)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 from hubd import __version__, config_diff
 from hubd.settings import ConfigError, Settings, load_settings
+from hubd.settings.instance import instance_listen, parse_instance, runtime_dir_for
 
 DEFAULT_CONFIG = "/etc/hubd/hubd.toml"
 # Where systemd puts `RuntimeDirectory=hubd` (the daemon gets it as $RUNTIME_DIRECTORY).
@@ -21,6 +23,19 @@ DEFAULT_RUNTIME_DIR = "/run/hubd"
 
 def _default_config() -> str:
     return os.environ.get("HUBD_CONFIG", DEFAULT_CONFIG)
+
+
+def _instance(text: str) -> int:
+    try:
+        return parse_instance(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_INSTANCE_HELP = (
+    "instance N of several processes on this file (systemd's hubd@N.service): metrics.listen's "
+    "port plus N-1, the runtime directory hubd-N"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         default=_default_config(),
         help=f"TOML config file (default: $HUBD_CONFIG or {DEFAULT_CONFIG})",
     )
+    serve.add_argument("--instance", metavar="N", type=_instance, help=_INSTANCE_HELP)
     check = sub.add_parser(
         "check-config",
         help="validate a config file; print a summary and the worst-case memory it allows",
@@ -61,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "--runtime-dir",
         metavar="DIR",
         help=f"the running hubd's runtime directory (default: $RUNTIME_DIRECTORY, else "
-        f"{DEFAULT_RUNTIME_DIR})",
+        f"{DEFAULT_RUNTIME_DIR}, or {DEFAULT_RUNTIME_DIR}-N with --instance N)",
     )
+    check.add_argument("--instance", metavar="N", type=_instance, help=_INSTANCE_HELP)
     hash_secret = sub.add_parser(
         "hash-secret",
         help="print the sha256 of a secret, for token_sha256 / key_sha256",
@@ -89,27 +106,31 @@ def main(argv: list[str] | None = None) -> int:
         runtime_dir = None
         if args.against_running:
             runtime_dir = (
-                args.runtime_dir or config_diff.runtime_directory(os.environ) or DEFAULT_RUNTIME_DIR
+                args.runtime_dir
+                or config_diff.runtime_directory(os.environ)
+                or runtime_dir_for(DEFAULT_RUNTIME_DIR, args.instance)
             )
-        return _check_config(path, runtime_dir)
+        return _check_config(path, runtime_dir, args.instance)
     if args.command == "serve":
-        return _serve(args.config)
+        return _serve(args.config, args.instance)
     if args.command == "hash-secret":
         return _hash_secret(args.stdin)
     parser.print_help(sys.stderr)
     return 2
 
 
-def _check_config(path: str, runtime_dir: str | None) -> int:
-    """`hubd check-config`; with `runtime_dir`, also what a reload would change."""
+def _check_config(path: str, runtime_dir: str | None, instance: int | None = None) -> int:
+    """`hubd check-config`; with `runtime_dir`, also what a reload would change; with
+    `instance`, as that instance would run it (its metrics address)."""
     from hubd.budget import memory_lines
     from hubd.core.clientip import trusted_proxy_warnings
-    from hubd.service import check_history_path, check_tls
+    from hubd.service import check_history_path, check_instance, check_tls
 
     try:
         settings = load_settings(path)
         check_tls(settings)  # the files the daemon would load at start
         check_history_path(settings)
+        check_instance(settings, instance)
     except ConfigError as exc:
         print(f"hubd: {path}: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +141,7 @@ def _check_config(path: str, runtime_dir: str | None) -> int:
         except config_diff.RecordError as exc:
             print(f"hubd: {exc}", file=sys.stderr)
             return 2
-    print(f"{path}: ok: {settings.summary()} {_outside(settings)}")
+    print(f"{path}: ok: {settings.summary()} {_outside(settings, instance)}")
     for line in memory_lines(settings):
         print(line)
     # Risky but valid: warnings, and the exit status stays 0 (the file does load).
@@ -138,9 +159,10 @@ def _word(value: str) -> str:
     return json.dumps(value) if not value or any(c.isspace() or c == '"' for c in value) else value
 
 
-def _outside(settings: Settings) -> str:
+def _outside(settings: Settings, instance: int | None = None) -> str:
     """What the summary adds on what hubd talks to: the backplane (the Redis URL without
-    its password), TLS and its files, the metrics listener."""
+    its password), TLS and its files, the metrics listener (the address `instance` binds),
+    and the instance number when given."""
     backplane, server, metrics = settings.backplane, settings.server, settings.metrics
     parts = [f"backplane={backplane.kind}"]
     if backplane.kind == "redis":
@@ -151,8 +173,12 @@ def _outside(settings: Settings) -> str:
         parts.append("tls=off")
     if not metrics.enabled:
         parts.append("metrics=off")
-    else:  # without a listener of its own, /metrics is on the main listeners (admin role)
-        parts.append(f"metrics={metrics.listen or 'main-listeners'}")
+    elif metrics.listen is None:  # /metrics is on the main listeners (admin role)
+        parts.append("metrics=main-listeners")
+    else:
+        parts.append(f"metrics={instance_listen(metrics.listen, instance)}")
+    if instance is not None:
+        parts.append(f"instance={instance}")
     return " ".join(parts)
 
 
@@ -178,8 +204,9 @@ def _print_reload(
     new = record.align(settings)
     planned = config_diff.plan(running, record.started_hub, new)
     found = config_diff.changes(running, new, planned)
+    which = "" if record.instance is None else f", instance {record.instance}"
     print(
-        f"against the running hubd (pid {record.pid}, config {record.config}, "
+        f"against the running hubd (pid {record.pid}{which}, config {record.config}, "
         f"recorded {record.recorded}):"
     )
     for change in found:
@@ -203,7 +230,7 @@ def _print_reload(
         )
 
 
-def _serve(path: str) -> int:
+def _serve(path: str, instance: int | None = None) -> int:
     from functools import partial
 
     import trio
@@ -215,6 +242,7 @@ def _serve(path: str) -> int:
         settings = load_settings(path)
         service.check_tls(settings)
         service.check_history_path(settings)
+        service.check_instance(settings, instance)
     except ConfigError as exc:
         print(f"hubd: {path}: {exc}", file=sys.stderr)
         return 2
@@ -226,12 +254,14 @@ def _serve(path: str) -> int:
         # As check-config says it, so that a risky file shows in the journal too.
         logging.getLogger("hubd").warning("configuration: %s", warning)
     try:
-        listeners = service.open_all(settings)
+        listeners = service.open_all(settings, instance)
     except (service.ListenError, sdnotify.ActivationError) as exc:
         print(f"hubd: {exc}", file=sys.stderr)
         return 1
     try:
-        trio.run(partial(service.run, settings, path, listeners, log_handler=handler))
+        trio.run(
+            partial(service.run, settings, path, listeners, log_handler=handler, instance=instance)
+        )
     except ConfigError as exc:  # found at start, before serving (hub.history_path)
         print(f"hubd: {path}: {exc}", file=sys.stderr)
         return 2

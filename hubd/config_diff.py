@@ -41,6 +41,7 @@ RESTART_ONLY: tuple[tuple[str, str, str], ...] = (
     ("server", "handshake_timeout", "the HTTP server is set up at start"),
     ("server", "max_header_bytes", "the HTTP server is set up at start"),
     ("server", "http2", "the HTTP server is set up at start"),
+    ("server", "reuse_port", "the listening sockets are bound at start"),
     ("metrics", "enabled", "the metrics endpoint is set up at start"),
     ("metrics", "listen", "the listening sockets are bound at start"),
     ("backplane", "kind", "the backplane is connected at start"),
@@ -221,8 +222,9 @@ class RecordError(Exception):
     names the directory."""
 
 
-class Record(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The running configuration as a daemon records it."""
+class Record(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The running configuration as a daemon records it. (A single daemon's record has no
+    `instance` key, as before the key existed: an older hubd still reads it.)"""
 
     hubd: str  # the version that wrote it
     pid: int
@@ -231,6 +233,9 @@ class Record(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     settings: Settings  # credentials as sha256 digests, the Redis URL without its password
     started_hub: HubSettings  # [hub] at start: the ceilings of the size limits
     backplane_url_sha256: str  # tells a changed Redis password without keeping it
+    # `hubd serve --instance N`; None for a single daemon (and in records written before
+    # the field existed). The settings are the file's: the instance's metrics port is not.
+    instance: int | None = None
 
     def align(self, new: Settings) -> Settings:
         """`new` with `backplane.url` written as in the record when it is the same URL
@@ -273,10 +278,17 @@ def runtime_directory(environ: Mapping[str, str]) -> str | None:
     return value or None
 
 
-def write_record(directory: str, settings: Settings, started: HubSettings, *, config: str) -> Path:
-    """Record `settings` (the running configuration) in `directory`: written to a
-    temporary file with mode 0600 and renamed over the record, so that a reader never sees
-    half of it. Raises `OSError`."""
+def write_record(
+    directory: str,
+    settings: Settings,
+    started: HubSettings,
+    *,
+    config: str,
+    instance: int | None = None,
+) -> Path:
+    """Record `settings` (the running configuration) of the daemon `instance` (None: the
+    only one) in `directory`: written to a temporary file with mode 0600 and renamed over
+    the record, so that a reader never sees half of it. Raises `OSError`."""
     record = Record(
         hubd=__version__,
         pid=os.getpid(),
@@ -285,6 +297,7 @@ def write_record(directory: str, settings: Settings, started: HubSettings, *, co
         settings=redacted(settings),
         started_hub=started,
         backplane_url_sha256=_sha256(settings.backplane.url),
+        instance=instance,
     )
     data = msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n"
     target = Path(directory) / RECORD_NAME

@@ -39,6 +39,8 @@ def reload_config(
     config_path: str,
     notifier: sdnotify.Notifier,
     log_handler: logging.Handler | None,
+    *,
+    instance: int | None = None,
 ) -> None:
     """Re-read the configuration and apply it; an invalid file changes nothing."""
     notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -64,7 +66,7 @@ def reload_config(
     )
     for item in report.kept:
         log.warning("reload: %s", item)
-    record_running(ctx, config_path)
+    record_running(ctx, config_path, instance=instance)
     status = "serving (configuration reloaded)"
     if report.restart_pending:
         pending = ", ".join(report.restart_pending)
@@ -72,15 +74,18 @@ def reload_config(
     notifier.notify("READY=1", f"STATUS={status}")
 
 
-def record_running(ctx: WebContext, config_path: str) -> None:
+def record_running(ctx: WebContext, config_path: str, *, instance: int | None = None) -> None:
     """Record the running configuration (`ctx.settings`, with the values a reload kept for
-    a restart) in `$RUNTIME_DIRECTORY`, for `hubd check-config --against-running`. Without
-    that variable nothing is written; a failure is logged and changes nothing else."""
+    a restart) and the process's `instance` number in `$RUNTIME_DIRECTORY`, for `hubd
+    check-config --against-running`. Without that variable nothing is written; a failure
+    is logged and changes nothing else."""
     directory = config_diff.runtime_directory(os.environ)
     if directory is None:
         return
     try:
-        config_diff.write_record(directory, ctx.settings, ctx.started.hub, config=config_path)
+        config_diff.write_record(
+            directory, ctx.settings, ctx.started.hub, config=config_path, instance=instance
+        )
     except OSError as exc:
         log.warning(
             "cannot record the running configuration in %s: %s", directory, exc.strerror or exc

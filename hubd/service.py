@@ -5,6 +5,7 @@ SIGTERM/SIGINT (`hubd.lifecycle`). The only module that wires everything togethe
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from hubd.lifecycle import (
 from hubd.logs import event
 from hubd.metrics import Metrics
 from hubd.settings import ConfigError, Settings, parse_listen
+from hubd.settings.instance import instance_listen
 from hubd.web.app import HubdApp
 from hubd.web.context import WebContext
 from hubd.web.seam.direct_write import expected_write_path
@@ -45,14 +47,17 @@ class ListenError(Exception):
 
 def open_listeners(settings: Settings) -> list[socket.socket]:
     """Bind and listen on every `server.listen` address, before anything else starts, so
-    a taken or foreign address fails at once with the address in the message."""
+    a taken or foreign address fails at once with the address in the message. With
+    `server.reuse_port`, each is bound with SO_REUSEPORT, shared with the other hubd
+    processes of this user that bind it so."""
     sockets: list[socket.socket] = []
     # Accepted sockets inherit this: the kernel aborts a connection whose sent data stays
     # unacknowledged this long, which frees a writer parked on a peer that stopped reading.
     user_timeout_ms = _user_timeout_ms(settings)
+    reuse_port = settings.server.reuse_port
     try:
         for item in settings.server.listen:
-            sockets.append(_listen(item, user_timeout_ms))
+            sockets.append(_listen(item, user_timeout_ms, reuse_port=reuse_port))
     except ListenError:
         for sock in sockets:
             sock.close()
@@ -64,7 +69,9 @@ def _user_timeout_ms(settings: Settings) -> int:
     return int(max(10.0, settings.hub.idle_timeout) * 1000)
 
 
-def _listen(item: str, user_timeout_ms: int) -> socket.socket:
+def _listen(item: str, user_timeout_ms: int, *, reuse_port: bool = False) -> socket.socket:
+    """One listening socket on `item`; `reuse_port` sets SO_REUSEPORT (the main listeners
+    only: the metrics listener is each process's own). Raises `ListenError`."""
     host, port = parse_listen(item)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -75,6 +82,8 @@ def _listen(item: str, user_timeout_ms: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, _so_reuseport(item), 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
@@ -82,8 +91,26 @@ def _listen(item: str, user_timeout_ms: int) -> socket.socket:
         sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
-        raise ListenError(f"cannot listen on {item}: {exc.strerror or exc}") from None
+        hint = ""
+        if reuse_port and exc.errno == errno.EADDRINUSE:
+            # Linux shares a port only among sockets that all set SO_REUSEPORT and were
+            # opened by the same user: a different DynamicUser per unit is the usual cause.
+            hint = (
+                " (server.reuse_port = true shares it only with processes that set it too "
+                "and run as the same user)"
+            )
+        raise ListenError(f"cannot listen on {item}: {exc.strerror or exc}{hint}") from None
     return sock
+
+
+def _so_reuseport(item: str) -> int:
+    option: int | None = getattr(socket, "SO_REUSEPORT", None)
+    if option is None:
+        raise ListenError(
+            f"cannot listen on {item}: server.reuse_port = true needs SO_REUSEPORT, which "
+            "this system does not have"
+        )
+    return option
 
 
 def check_tls(settings: Settings) -> None:
@@ -126,6 +153,13 @@ def check_history_path(settings: Settings) -> None:
         raise ConfigError(f"hub.history_path: {path!r} is a directory; name a file in it")
 
 
+def check_instance(settings: Settings, instance: int | None) -> None:
+    """The metrics address instance N binds (`metrics.listen`'s port plus N-1) is a
+    port. Raises `ConfigError` naming the key otherwise."""
+    if settings.metrics.enabled and settings.metrics.listen is not None:
+        instance_listen(settings.metrics.listen, instance)
+
+
 async def open_history(settings: Settings, hub: Hub) -> HistoryStore | None:
     """With `hub.history_path` set, load the history kept there into `hub` (same epoch,
     numbering continued) and return the store to run; None when it is off. Raises
@@ -156,10 +190,12 @@ class Listeners:
             sock.close()
 
 
-def open_all(settings: Settings) -> Listeners:
+def open_all(settings: Settings, instance: int | None = None) -> Listeners:
     """The main sockets: passed by systemd socket activation when present, else bound from
-    `server.listen`; plus the metrics socket when `metrics.listen` is set.
-    Raises `ListenError` or `ActivationError` naming the address or descriptor."""
+    `server.listen`; plus the metrics socket when `metrics.listen` is set, at its port plus
+    `instance` - 1 for instance N of several (`hubd serve --instance N`).
+    Raises `ListenError` or `ActivationError` naming the address or descriptor, and
+    `ConfigError` when the instance moves the metrics port past 65535."""
     activated = sdnotify.listen_fds()
     for sock in activated:  # as open_listeners does for the sockets it binds
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -168,8 +204,9 @@ def open_all(settings: Settings) -> Listeners:
     metrics: socket.socket | None = None
     if settings.metrics.enabled and settings.metrics.listen is not None:
         try:
-            metrics = _listen(settings.metrics.listen, _user_timeout_ms(settings))
-        except ListenError:
+            address = instance_listen(settings.metrics.listen, instance)
+            metrics = _listen(address, _user_timeout_ms(settings))
+        except (ListenError, ConfigError):
             for sock in main:
                 sock.close()
             raise
@@ -201,9 +238,11 @@ async def run(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     log_handler: logging.Handler | None = None,
+    instance: int | None = None,
 ) -> None:
     """Serve `listeners` (from `open_all`) until SIGTERM/SIGINT, then drain. SIGHUP reloads
-    `config_path`.
+    `config_path`. `instance` (`hubd serve --instance N`) is named in the `starting` line,
+    the systemd status and the record of the running configuration.
 
     Draining refuses new connections and publishes (503), closes every WebSocket with 1001
     after flushing what was queued for it, and returns within `server.shutdown_timeout`;
@@ -216,14 +255,17 @@ async def run(
         ctx, app = build_app(settings)
         hub, backplane = ctx.hub, ctx.backplane
         shutdown = trio.Event()
-        _log_starting(settings, config_path, listeners)
+        _log_starting(settings, config_path, listeners, instance)
         try:
             store = await open_history(settings, hub)
         except ConfigError:
             listeners.close()
             raise
-        record_running(ctx, config_path)  # for `hubd check-config --against-running`
-        reloader = partial(reload_config, ctx, config_path, notifier, log_handler)
+        # For `hubd check-config --against-running`.
+        record_running(ctx, config_path, instance=instance)
+        reloader = partial(
+            reload_config, ctx, config_path, notifier, log_handler, instance=instance
+        )
         async with trio.open_nursery() as outer:
             outer.start_soon(watch_signals, signals, shutdown, reloader)
             await outer.start(backplane.run)
@@ -240,6 +282,7 @@ async def run(
                 shutdown=shutdown,
                 nursery=outer,
                 task_status=task_status,
+                instance=instance,
             )
             await _release(backplane, store, deadline)
             outer.cancel_scope.cancel()
@@ -247,16 +290,23 @@ async def run(
         notifier.close()
 
 
-def _log_starting(settings: Settings, config_path: str, listeners: Listeners) -> None:
-    """The `starting` line: what this process is about to serve, and how."""
+def _log_starting(
+    settings: Settings, config_path: str, listeners: Listeners, instance: int | None
+) -> None:
+    """The `starting` line: what this process is about to serve, and how; `instance=N`
+    only for one of several processes on one file."""
+    named: dict[str, object] = {} if instance is None else {"instance": instance}
     event(
         log,
         logging.INFO,
         "starting",
         version=__version__,
+        **named,
         config=config_path,
         listen=[_address(s) for s in listeners.main],
         activated=listeners.activated,
+        # Passed sockets were bound by systemd, with whatever its socket unit said.
+        reuse_port=settings.server.reuse_port and not listeners.activated,
         tls=settings.server.tls,
         backplane=settings.backplane.kind,
         metrics=_address(listeners.metrics) if listeners.metrics else None,
@@ -275,6 +325,7 @@ async def _serve_until_drained(
     shutdown: trio.Event,
     nursery: trio.Nursery,
     task_status: trio.TaskStatus[list[str]],
+    instance: int | None,
 ) -> float:
     """Serve `app` on `listeners` (reporting the bound addresses through `task_status`)
     until `shutdown` is set, then drain the hub and stop the server. Ready (the `ready`
@@ -296,7 +347,7 @@ async def _serve_until_drained(
         _mark_serving(ctx, listeners)
         task_status.started(binds)
         if await _backplane_connected(ctx.backplane, notifier, shutdown):
-            _mark_ready(ctx, notifier, binds, nursery)
+            _mark_ready(ctx, notifier, binds, nursery, instance)
         await shutdown.wait()
         deadline = await drain_for_shutdown(ctx, notifier)
         stop_server.set()
@@ -343,12 +394,14 @@ def _mark_ready(
     notifier: sdnotify.Notifier,
     binds: list[str],
     nursery: trio.Nursery,
+    instance: int | None,
 ) -> None:
     """Serving, and the backplane connected: take requests, tell systemd, start the
     watchdog."""
     ctx.ready = True
     event(log, logging.INFO, "ready", listening=binds)
-    notifier.notify("READY=1", f"STATUS=serving on {' '.join(binds)}")
+    who = "" if instance is None else f"instance {instance} "
+    notifier.notify("READY=1", f"STATUS={who}serving on {' '.join(binds)}")
     interval = sdnotify.watchdog_interval()
     if interval is not None:
         nursery.start_soon(watchdog, notifier, interval)

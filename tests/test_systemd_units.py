@@ -1,7 +1,9 @@
-"""systemd/hubd.service and systemd/hubd.socket: `systemd-analyze verify` accepts them (with
-the install paths pointed at real executables), and they say what hubd relies on: readiness
+"""systemd/hubd.service, systemd/hubd.socket and the template systemd/hubd@.service:
+`systemd-analyze verify` accepts them (with the install paths pointed at real executables;
+the template as its instance hubd@1.service), and they say what hubd relies on: readiness
 and watchdog over sd_notify, reload by SIGHUP, a stop budget above the drain, the hardening,
-and a socket unit whose addresses are hubd's default listen address."""
+a socket unit whose addresses are hubd's default listen address, and a template that is
+hubd.service but for what must differ per instance."""
 
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from hubd import cli
 from hubd.settings import LimitsSettings, ServerSettings
+from hubd.settings.instance import runtime_dir_for
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 SERVICE = UNITS / "hubd.service"
 SOCKET = UNITS / "hubd.socket"
+TEMPLATE = UNITS / "hubd@.service"
 INSTALLED_HUBD = "/opt/hubd/.venv/bin/hubd"  # where docs/operations.md installs it
 VENV_HUBD = Path(sys.executable).with_name("hubd")
 
@@ -75,6 +80,11 @@ def socket_unit() -> Unit:
     return parse_unit(SOCKET.read_text(encoding="utf-8"))
 
 
+@pytest.fixture(scope="module")
+def template() -> Unit:
+    return parse_unit(TEMPLATE.read_text(encoding="utf-8"))
+
+
 # -- systemd-analyze verify ----------------------------------------------------------------
 
 
@@ -96,11 +106,12 @@ def kill_binary() -> str:
 
 
 def installable_copy(directory: Path, *, real_paths: bool = True) -> list[Path]:
-    """Both units copied to `directory`; with `real_paths`, the programs of every Exec*= line
-    point at executables that exist here, so that verify can check them."""
+    """The three unit files copied to `directory` (service, socket, template); with
+    `real_paths`, the programs of every Exec*= line point at executables that exist here, so
+    that verify can check them."""
     directory.mkdir()
     copies = []
-    for source in (SERVICE, SOCKET):
+    for source in (SERVICE, SOCKET, TEMPLATE):
         text = source.read_text(encoding="utf-8")
         if real_paths:
             text = text.replace(INSTALLED_HUBD, str(VENV_HUBD))
@@ -128,15 +139,24 @@ def verify(*paths: Path) -> tuple[int, list[str]]:
 
 
 def about_units(lines: list[str]) -> list[str]:
-    return [line for line in lines if "hubd.service" in line or "hubd.socket" in line]
+    return [line for line in lines if any(unit in line for unit in ("hubd.", "hubd@"))]
 
 
-def test_systemd_analyze_verify_accepts_both_units(tmp_path: Path) -> None:
-    copies = installable_copy(tmp_path / "units")
-    rc, lines = verify(*copies)
+def instance(template_copy: Path, n: int = 1) -> Path:
+    """What verify is given for instance `n` of a template: hubd@1.service, a name no file
+    has; systemd-analyze loads it from hubd@.service in the same directory with %i = 1."""
+    return template_copy.with_name(template_copy.name.replace("@.", f"@{n}."))
+
+
+def test_systemd_analyze_verify_accepts_every_unit(tmp_path: Path) -> None:
+    service, socket_copy, template_copy = installable_copy(tmp_path / "units")
+    rc, lines = verify(service, socket_copy)
     assert rc == 0, "\n".join(lines)
     assert about_units(lines) == [], "\n".join(lines)
-    rc, lines = verify(copies[1])  # the socket unit alone finds its service next to it
+    rc, lines = verify(socket_copy)  # the socket unit alone finds its service next to it
+    assert rc == 0, "\n".join(lines)
+    assert about_units(lines) == [], "\n".join(lines)
+    rc, lines = verify(instance(template_copy))
     assert rc == 0, "\n".join(lines)
     assert about_units(lines) == [], "\n".join(lines)
 
@@ -144,7 +164,7 @@ def test_systemd_analyze_verify_accepts_both_units(tmp_path: Path) -> None:
 def test_verify_does_report_problems_in_these_files(tmp_path: Path) -> None:
     """The check above is not vacuous: a missing program and an unknown key are reported,
     naming the unit file."""
-    service, socket_copy = installable_copy(tmp_path / "units", real_paths=False)
+    service, socket_copy, template_copy = installable_copy(tmp_path / "units", real_paths=False)
     # A program that is missing on every host: INSTALLED_HUBD itself exists wherever
     # docs/operations.md was followed, and verify would then (rightly) accept it.
     missing = tmp_path / "not-installed" / "bin" / "hubd"
@@ -159,6 +179,15 @@ def test_verify_does_report_problems_in_these_files(tmp_path: Path) -> None:
     reported = about_units(lines)
     assert any("hubd.service" in line and str(missing) in line for line in reported), lines
     assert any("hubd.socket" in line and "Acept" in line for line in reported), lines
+    text = template_copy.read_text(encoding="utf-8")
+    template_copy.write_text(
+        text.replace(INSTALLED_HUBD, str(missing)).replace("WatchdogSec=", "WatchdogSecs="),
+        encoding="utf-8",
+    )
+    _, lines = verify(instance(template_copy, 7))
+    reported = about_units(lines)
+    assert any("hubd@7.service" in line and str(missing) in line for line in reported), lines
+    assert any("hubd@.service" in line and "WatchdogSecs" in line for line in reported), lines
 
 
 # -- what the service unit promises ----------------------------------------------------------
@@ -225,3 +254,64 @@ def test_socket_listens_on_hubds_default_address_for_hubd_service(socket_unit: U
     assert values(socket_unit, "Socket", "Accept") in ([], ["no"])  # one hubd, all connections
     assert value(socket_unit, "Socket", "Service") == "hubd.service"
     assert value(socket_unit, "Install", "WantedBy") == "sockets.target"
+
+
+# -- what the template promises: hubd.service, N times on one address -------------------------
+
+# The [Service] keys in which an instance differs from hubd.service, each for a reason the
+# tests below check. Everything else (notify, watchdog, reload, stop budget, restarts,
+# limits, hardening) is the same, key for key.
+PER_INSTANCE = {
+    "ExecStartPre",
+    "ExecStart",
+    "SyslogIdentifier",
+    "RuntimeDirectory",
+    "User",
+    "Group",
+}
+
+
+def test_template_is_the_service_unit_but_for_the_instance(service: Unit, template: Unit) -> None:
+    def same(unit: Unit) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in unit["Service"] if k not in PER_INSTANCE]
+
+    assert same(template) == same(service)
+    assert template["Install"] == service["Install"]
+    for key in ("After", "Wants"):
+        assert values(template, "Unit", key) == values(service, "Unit", key)
+
+
+def test_template_runs_the_instance_of_the_same_config(service: Unit, template: Unit) -> None:
+    config = value(service, "Service", "ExecStart").split()[3]
+    start = value(template, "Service", "ExecStart").split()
+    assert start == [INSTALLED_HUBD, "serve", "--config", config, "--instance", "%i"], start
+    pre = value(template, "Service", "ExecStartPre").split()
+    assert pre == [INSTALLED_HUBD, "check-config", "--instance", "%i", config], pre
+
+
+def test_each_instance_has_the_runtime_directory_check_config_looks_in(template: Unit) -> None:
+    directory = value(template, "Service", "RuntimeDirectory")
+    assert "%i" in directory and "/" not in directory  # its own, not inside another's
+    assert f"/run/{directory.replace('%i', '3')}" == runtime_dir_for(cli.DEFAULT_RUNTIME_DIR, 3)
+
+
+def test_every_instance_runs_as_one_user(template: Unit) -> None:
+    """SO_REUSEPORT shares a port only among sockets of one user: each instance must get the
+    same dynamic user, which a fixed User= name gives (without it, one user per unit)."""
+    assert value(template, "Service", "DynamicUser") == "yes"
+    user = value(template, "Service", "User")
+    assert user and "%" not in user and user not in {"root", "0"}
+    assert value(template, "Service", "Group") == user
+
+
+def test_each_instance_names_itself_in_the_journal(template: Unit) -> None:
+    assert "%i" in value(template, "Service", "SyslogIdentifier")
+
+
+def test_template_stops_the_single_instance_units(template: Unit) -> None:
+    """hubd.service and hubd.socket hold the address without SO_REUSEPORT, so an instance
+    could not bind beside them: starting one stops them instead of failing."""
+    conflicts = " ".join(values(template, "Unit", "Conflicts")).split()
+    assert {"hubd.service", "hubd.socket"} <= set(conflicts)
+    for key in ("Sockets", "Requires", "BindsTo"):
+        assert values(template, "Service", key) + values(template, "Unit", key) == []

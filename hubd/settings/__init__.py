@@ -60,6 +60,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         """One line describing what this configuration will run."""
         return (
             f"listen={','.join(self.server.listen)} "
+            f"{'reuse_port=on ' if self.server.reuse_port else ''}"
             f"channels={len(self.hub.all_channels)} "
             f"credentials={len(self.auth.tokens)} token(s) + {len(self.auth.api_keys)} api key(s) "
             f"queue_size={self.hub.queue_size} slow_consumer={self.hub.slow_consumer} "
@@ -106,6 +107,35 @@ def _cross_check(settings: Settings) -> None:
             f"metrics.listen {metrics_listen!r} is also in server.listen; give metrics "
             "an address of its own, or leave metrics.listen unset to serve /metrics there"
         )
+    if settings.server.reuse_port:
+        _check_shared_port(settings)
+
+
+def _check_shared_port(settings: Settings) -> None:
+    """`server.reuse_port = true`: several processes serve the same addresses, so what
+    cannot be shared between them must not be configured to be."""
+    if settings.backplane.kind == "memory":
+        # Each process would hold some of the subscribers and see only the events
+        # published to it: a silent split, not an error anyone would notice.
+        raise ConfigError(
+            'server.reuse_port = true needs backplane.kind = "redis": processes sharing a '
+            "port with the in-memory backplane never see each other's events, so each "
+            "subscriber would get only the events published to its own process"
+        )
+    if settings.metrics.enabled and settings.metrics.listen is None:
+        raise ConfigError(
+            "server.reuse_port = true needs metrics.listen (or metrics.enabled = false): on "
+            "the shared port a scrape of /metrics reaches whichever process the kernel "
+            "picks; give each process an address of its own (hubd serve --instance N adds "
+            "N-1 to its port)"
+        )
+    for i, item in enumerate(settings.server.listen):
+        if parse_listen(item)[1] == 0:
+            raise ConfigError(
+                f"server.listen[{i}] is {item!r}: with server.reuse_port = true each "
+                "process must bind the same fixed port; port 0 gives each a port of its own "
+                "(or, by chance, another's)"
+            )
 
 
 def load_settings_text(text: str, source: str = "<config>") -> Settings:

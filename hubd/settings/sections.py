@@ -34,6 +34,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # HTTP/2: over TLS by ALPN, and in cleartext by `Upgrade: h2c` or prior knowledge.
     # Off: every connection speaks HTTP/1.1 (what the WebSocket fast path needs).
     http2: bool = False
+    # SO_REUSEPORT on every `listen` address: several hubd processes on one host share
+    # them, and the kernel spreads new connections over the processes. They share events
+    # only through Redis, so the settings refuse it with the in-memory backplane.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not self.listen:

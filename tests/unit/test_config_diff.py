@@ -73,6 +73,10 @@ def test_live_keys_need_no_restart() -> None:
     ]
 
 
+# What `server.reuse_port = true` needs beside it (the Redis backplane, a metrics listener).
+SHARED_BASE = '[backplane]\nkind = "redis"\n[metrics]\nlisten = "127.0.0.1:9188"\n'
+
+
 @pytest.mark.parametrize(
     ("before", "after", "key"),
     [
@@ -80,6 +84,11 @@ def test_live_keys_need_no_restart() -> None:
         ("", "[server]\nmax_header_bytes = 32768\n", "server.max_header_bytes"),
         ("", "[server]\nhandshake_timeout = 3.0\n", "server.handshake_timeout"),
         ("", "[server]\nhttp2 = true\n", "server.http2"),
+        (
+            SHARED_BASE,
+            SHARED_BASE + "[server]\nreuse_port = true\n",
+            "server.reuse_port",
+        ),
         ("", "[hub]\ncompression = true\n", "hub.compression"),
         ('[hub]\nchannels = ["builds"]\n', "", "hub.channels"),
         ("", '[hub]\nhistory_path = "/var/lib/hubd/history.db"\n', "hub.history_path"),
@@ -103,6 +112,7 @@ OTHER_VALUES: dict[str, object] = {
     "server.handshake_timeout": 3.0,
     "server.max_header_bytes": 2048,
     "server.http2": True,
+    "server.reuse_port": True,
     "metrics.enabled": False,
     "metrics.listen": "127.0.0.1:9100",
     "backplane.kind": "redis",
@@ -257,6 +267,23 @@ def test_the_record_is_0600_has_no_secret_and_reads_back_equal(tmp_path: Path) -
     assert [str(c) for c in diff(record.settings, changed)] == [
         "backplane.url: changed  [restart needed: the backplane is connected at start]"
     ]
+
+
+def test_the_record_names_the_instance_and_only_an_instances_record_has_the_key(
+    tmp_path: Path,
+) -> None:
+    config = settings(ALICE)
+    single, instance = tmp_path / "single", tmp_path / "instance"
+    single.mkdir()
+    instance.mkdir()
+    config_diff.write_record(str(single), config, config.hub, config="a.toml")
+    config_diff.write_record(str(instance), config, config.hub, config="a.toml", instance=3)
+    assert config_diff.read_record(str(single)).instance is None
+    assert config_diff.read_record(str(instance)).instance == 3
+    # A single daemon's record is what it was before instances existed: older hubd
+    # versions (forbid_unknown_fields) still read it.
+    assert '"instance"' not in (single / config_diff.RECORD_NAME).read_text(encoding="utf-8")
+    assert '"instance": 3' in (instance / config_diff.RECORD_NAME).read_text(encoding="utf-8")
 
 
 def test_a_second_record_replaces_the_first(tmp_path: Path) -> None:

@@ -393,3 +393,50 @@ def test_summary_is_one_line_without_secrets() -> None:
     assert "\n" not in summary
     assert "queue_size=16" in summary and "slow_consumer=disconnect" in summary
     assert "alice-token" not in summary
+
+
+# -- server.reuse_port: what several processes on one port cannot share -------------------
+
+SHARED = """
+[server]
+listen = ["0.0.0.0:8080"]
+reuse_port = true
+[backplane]
+kind = "redis"
+[metrics]
+listen = "127.0.0.1:9188"
+"""
+
+
+def test_reuse_port_is_off_by_default_and_shown_in_the_summary_when_on() -> None:
+    assert make_settings().server.reuse_port is False
+    assert "reuse_port" not in make_settings().summary()
+    on = make_settings(SHARED)
+    assert on.server.reuse_port is True
+    assert on.summary().startswith("listen=0.0.0.0:8080 reuse_port=on channels=")
+
+
+def test_reuse_port_needs_the_redis_backplane() -> None:
+    message = refused(SHARED.replace('kind = "redis"', 'kind = "memory"'))
+    assert message.startswith('server.reuse_port = true needs backplane.kind = "redis": ')
+    assert "never see each other's events" in message
+
+
+def test_reuse_port_needs_a_metrics_listener_of_each_process() -> None:
+    without = SHARED.replace('listen = "127.0.0.1:9188"', "")
+    message = refused(without)
+    assert message.startswith("server.reuse_port = true needs metrics.listen ")
+    assert "--instance N" in message
+    # No /metrics at all: nothing to scrape on the wrong process.
+    assert make_settings(without + "enabled = false\n").metrics.enabled is False
+
+
+def test_reuse_port_refuses_port_0() -> None:
+    message = refused(SHARED.replace('["0.0.0.0:8080"]', '["0.0.0.0:8080", "[::]:0"]'))
+    assert message.startswith("server.listen[1] is '[::]:0': with server.reuse_port = true ")
+
+
+def test_reuse_port_must_be_a_boolean() -> None:
+    assert refused('[server]\nreuse_port = "yes"\n').startswith(
+        "server.reuse_port must be true or false, got 'yes'"
+    )

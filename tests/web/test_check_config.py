@@ -285,6 +285,8 @@ def test_check_config_unreadable_path_exits_2_naming_it(
         pytest.param(["check-config", "--bogus", "x.toml"], id="check-config"),
         pytest.param(["check-config", "-c", "a.toml", "b.toml"], id="two-files"),
         pytest.param(["check-config", "--runtime-dir", "/run/hubd"], id="runtime-dir-alone"),
+        pytest.param(["serve", "--instance", "0"], id="serve-instance-0"),
+        pytest.param(["check-config", "--instance", "02", "x.toml"], id="instance-02"),
         pytest.param(["frobnicate"], id="unknown-command"),
     ],
 )
@@ -515,3 +517,78 @@ def test_against_running_checks_the_file_first(
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert "hub.queue_size must be >= 1, got 0" in err and "/nope" not in err
+
+
+# -- --instance N (systemd/hubd@.service) ----------------------------------------------------
+
+SHARED = {
+    "server": {"listen": ["127.0.0.1:8080"], "reuse_port": True},
+    "backplane": {"kind": "redis", "url": "redis://127.0.0.1:6379/0"},
+    "metrics": {"listen": "127.0.0.1:9188"},
+}
+
+
+def test_check_config_with_an_instance_shows_that_instances_metrics_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path / "hubd.toml", **SHARED)
+    for args, shown in [
+        ([], " reuse_port=on "),
+        ([], " metrics=127.0.0.1:9188"),
+        (["--instance", "1"], " metrics=127.0.0.1:9188 instance=1"),
+        (["--instance", "3"], " metrics=127.0.0.1:9190 instance=3"),
+    ]:
+        assert main(["check-config", *args, str(path)]) == 0
+        out, err = capsys.readouterr()
+        summary = out.splitlines()[0]
+        assert shown in summary + " ", summary
+        assert err == ""
+
+
+def test_usage_error_for_a_bad_instance_says_what_is_allowed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--instance", "x"])
+    assert info.value.code == 2
+    _, err = capsys.readouterr()
+    assert err.strip().endswith(
+        "argument --instance: --instance is 'x'; use a whole number from 1 to 65535 without "
+        "leading zeros (the N of hubd@N.service)"
+    ), err
+
+
+def test_an_instance_moving_metrics_past_65535_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sections = {**SHARED, "metrics": {"listen": "127.0.0.1:65535"}}
+    path = write_config(tmp_path / "hubd.toml", **sections)
+    for command in ("check-config", "serve"):
+        code = main([command, "--instance", "2", "-c", str(path)])
+        out, err = capsys.readouterr()
+        assert (code, out) == (2, ""), err
+        assert err == (
+            f"hubd: {path}: metrics.listen '127.0.0.1:65535' with --instance 2 would be port "
+            "65536; ports are 0-65535: lower the port or the instance number\n"
+        )
+
+
+def test_against_running_with_an_instance_reads_its_runtime_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.setattr(cli, "DEFAULT_RUNTIME_DIR", str(tmp_path / "hubd"))
+    path = write_config(tmp_path / "hubd.toml", **SHARED)
+    code = main(["check-config", "-c", str(path), "--against-running", "--instance", "2"])
+    _, err = capsys.readouterr()
+    assert code == 2 and f"recorded in {tmp_path / 'hubd-2'} " in err, err
+    directory = tmp_path / "hubd-2"
+    directory.mkdir()
+    settings = load_settings(path)
+    config_diff.write_record(str(directory), settings, settings.hub, config=str(path), instance=2)
+    code, lines, err = against_running(capsys, "-c", str(path), "--instance", "2")
+    assert code == 0, err
+    assert lines[0].startswith("against the running hubd (pid "), lines
+    assert ", instance 2, config " in lines[0], lines
+    # The record holds the file's metrics.listen, not the instance's: nothing differs.
+    assert lines[1] == "reload: nothing would change"
