@@ -16,7 +16,7 @@ from functools import partial
 
 import trio
 
-from hubd import __version__, sdnotify
+from hubd import __version__, gc_policy, sdnotify
 from hubd.backplane import Backplane, MemoryBackplane
 from hubd.core.auth import Authenticator
 from hubd.core.history_store import HistoryStore, StoreUnusable
@@ -399,6 +399,7 @@ def _mark_ready(
     """Serving, and the backplane connected: take requests, tell systemd, start the
     watchdog."""
     ctx.ready = True
+    gc_policy.apply()
     event(log, logging.INFO, "ready", listening=binds)
     who = "" if instance is None else f"instance {instance} "
     notifier.notify("READY=1", f"STATUS={who}serving on {' '.join(binds)}")

@@ -219,6 +219,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "hubd.logs": frozenset(),
     "hubd.tasks": frozenset(),
     "hubd.sdnotify": frozenset(),
+    "hubd.gc_policy": frozenset(),
     "hubd.core": frozenset({"hubd.protocol", "hubd.settings", "hubd.logs"}),
     "hubd.backplane": frozenset({"hubd.core", "hubd.protocol", "hubd.settings", "hubd.logs"}),
     "hubd.budget": frozenset({"hubd.core", "hubd.settings"}),
@@ -258,6 +259,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "hubd.settings",
             "hubd.logs",
             "hubd.sdnotify",
+            "hubd.gc_policy",
         }
     ),
     "hubd.cli": frozenset(

@@ -115,7 +115,9 @@ async def _serve(
     try:
         if session.close_code is not None:  # asked to close before it was served
             close_soon()
-        if mailbox or mailbox.closed:  # the confirmation, or a close already asked
+        # The confirmation (or a close already asked): written here when the socket takes
+        # it, which spares most connections a writer task at all.
+        if (mailbox or mailbox.closed) and not session.confirm_nowait():
             wake()
         task_status.started()
         with reading:

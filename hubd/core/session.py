@@ -293,6 +293,26 @@ class Session:
         self.writing = bool(frames)
         return frames
 
+    def confirm_nowait(self) -> bool:
+        """Write the confirmation at once, without a writer task, when it is all that is
+        queued and the socket takes it (a partial write queues the rest first, for the
+        writer). True: nothing is left queued; False: the caller starts the writer."""
+        mailbox = self.mailbox
+        write = self.write_nowait
+        if write is None or self._confirmed or len(mailbox) != 1 or self.writing:
+            return False
+        if mailbox.closed:
+            return False
+        (frame,) = mailbox.take(1)
+        self._confirmed = True
+        wire = frame.wire
+        written = write(wire)
+        if written == len(wire):
+            return True
+        # Not taken (0) or partly: the rest goes first, through the writer.
+        mailbox.put_head(frame if not written else Frame.wire_bytes(wire[written:]))
+        return False
+
     def written(self) -> None:
         """The frames taken last have been written."""
         self.writing = False

@@ -114,21 +114,52 @@ async def serve_direct(
     event_types: str = "pdfm,health",
     batch: bool = False,
 ) -> tuple[Client, WireTransport, list[bytes]]:
-    """Admit and serve a session with a fake `direct`; return once it is idle: the
-    confirmation has been written, the mailbox is empty and the writer is parked."""
+    """Admit and serve a session, then give it a fake `direct`; return once it is idle:
+    the confirmation has been written (through the writer: the fake is attached after it,
+    so that `answers` apply to what the test publishes), the mailbox is empty and no
+    writer runs."""
     session = hub.admit(SUBSCRIBER, fresh_ip(), event_types, batch=batch)
     direct, calls = fake_direct(*answers)
-    session.write_nowait = direct
     transport = WireTransport()
     client = await serve(nursery, hub, session, transport)
     confirmation = await client.receive()
     assert confirmation["message"] == CONFIRMATION
     await settle()
+    session.write_nowait = direct
     assert not session.mailbox
     assert not session.writing
-    assert calls == []  # the confirmation went through the writer
     assert len(transport.writes) == 1
     return client, transport, calls
+
+
+async def test_the_confirmation_is_written_directly_without_a_writer_task(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    hub = make_hub()
+    session = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")
+    direct, calls = fake_direct()
+    session.write_nowait = direct
+    transport = WireTransport()
+    await serve(nursery, hub, session, transport)
+    await settle()
+    (written,) = calls
+    assert messages(written)[0].startswith('{"id":')
+    assert CONFIRMATION in messages(written)[0]
+    assert transport.writes == []  # no writer ran
+    assert not session.mailbox and not session.writer_running
+
+
+async def test_a_confirmation_the_socket_refuses_goes_through_the_writer(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    hub = make_hub()
+    session = hub.admit(SUBSCRIBER, fresh_ip(), "pdfm")
+    direct, calls = fake_direct(0)  # the socket is full
+    session.write_nowait = direct
+    transport = WireTransport()
+    client = await serve(nursery, hub, session, transport)
+    assert (await client.receive())["message"] == CONFIRMATION
+    assert len(calls) == 1 and len(transport.writes) == 1
 
 
 # -- Frame.wire_bytes ----------------------------------------------------------------------

@@ -307,3 +307,46 @@ def test_what_the_writers_end_means() -> None:
     session.peer_gone()
     assert session.writer_ended(closed_and_drained=True) is Next.CANCEL
     assert not session.drained
+
+
+# -- the confirmation written without a writer task -----------------------------------
+
+
+def _is_confirmation(wire: bytes, session: Session) -> bool:
+    return wire.startswith(b"\x81") and b'"client_id":"%s"' % session.client_id.encode() in wire
+
+
+def test_the_confirmation_alone_is_written_at_once_when_the_socket_takes_it() -> None:
+    _, session = hub_and_session()
+    session.write_nowait = socket = Socket()
+    assert session.confirm_nowait() is True
+    (written,) = socket.took
+    assert _is_confirmation(written, session) and not session.mailbox
+    # Done once: what is queued later goes the usual ways.
+    session.mailbox.put(event())
+    assert session.confirm_nowait() is False and len(session.mailbox) == 1
+
+
+@pytest.mark.parametrize("room", [0, 7])
+def test_a_confirmation_the_socket_does_not_take_whole_is_left_first_for_the_writer(
+    room: int,
+) -> None:
+    _, session = hub_and_session()
+    session.write_nowait = socket = Socket(room)
+    assert session.confirm_nowait() is False
+    session.mailbox.put(event(1))
+    (first,) = session.take_for_write(64)  # the head comes alone
+    # What the socket took and what the writer gets first are the whole frame.
+    assert _is_confirmation(b"".join(socket.took) + first.wire, session)
+    session.written()
+    assert [f.wire for f in session.take_for_write(64)] == [event(1).wire]
+
+
+def test_no_direct_confirmation_behind_other_frames_or_without_a_socket() -> None:
+    _, session = hub_and_session()
+    assert session.confirm_nowait() is False  # no write_nowait: the writer's job
+    _, session = hub_and_session()
+    session.write_nowait = socket = Socket()
+    session.mailbox.put(event())  # a replay behind it: all of it goes through the writer
+    assert session.confirm_nowait() is False and socket.took == []
+    assert len(session.mailbox) == 2

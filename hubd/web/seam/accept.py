@@ -43,12 +43,14 @@ def peer_of(stream: Any) -> str:
 
 async def guarded(make: Callable[[Any], HubdTCPServer], counters: Counters, stream: Any) -> None:
     """Serve one connection; whatever goes wrong inside it ends it alone."""
-    peer = peer_of(stream)
     try:
         await make(stream).run()
     except* Exception as group:
         errors = group.exceptions
         first = errors[0]
+        # Asked only now (a syscall and a string per connection otherwise): a peer already
+        # gone reads "unknown".
+        peer = peer_of(stream)
         counters.failed.note(f"peer={peer} error={type(first).__name__}: {str(first)[:200]}")
     finally:
         with trio.CancelScope(shield=True):

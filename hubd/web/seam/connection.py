@@ -50,10 +50,18 @@ class HubdTCPServer(TCPServer):
         self._idle = True  # no request in flight: the next bytes are a request head
         self._requests = 0
         self._head_bytes = 0  # bytes received since the current request head began
+        # When the first request's head must be in (handshake_timeout from the start).
+        self._first_head_by = inf
 
     async def run(self) -> None:
-        # Hypercorn's TCPServer.run, with hubd's protocol classes and handshake limit.
-        try:
+        # Hypercorn's TCPServer.run, with hubd's protocol classes and handshake limit, and
+        # cheaper per connection: a TLS stream is recognised by its type (Hypercorn
+        # enters a deadline scope and catches an AttributeError on every plain one), one
+        # HTTP/1.1 protocol object is built, not two, and the first request's head is
+        # timed by a deadline on the reads instead of Hypercorn's idle-timer task (a task,
+        # a nursery start, two locks and a cancellation per connection: the largest of
+        # the costs hubd can remove from a WebSocket handshake, docs/performance.md).
+        if isinstance(self.stream, trio.SSLStream):
             try:
                 with trio.fail_after(self.options.handshake_timeout):
                     await self.stream.do_handshake()
@@ -62,7 +70,7 @@ class HubdTCPServer(TCPServer):
             alpn_protocol = self.stream.selected_alpn_protocol()
             sock = self.stream.transport_stream.socket
             ssl = True
-        except AttributeError:  # not TLS
+        else:
             alpn_protocol = "http/1.1"
             sock = self.stream.socket
             ssl = False
@@ -83,13 +91,9 @@ class HubdTCPServer(TCPServer):
                     server,
                     self.protocol_send,
                 )
-                self.protocol = ProtocolWrapper(*args, alpn_protocol)
-                if isinstance(self.protocol.protocol, H11Protocol):
-                    h11 = HubdH11Protocol(*args)
-                    h11.http2 = self.options.http2
-                    self.protocol.protocol = h11
+                self.protocol = _wrap(args, alpn_protocol, self.options.http2)
                 await self.protocol.initiate()
-                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                self._first_head_by = trio.current_time() + self.options.handshake_timeout
                 await self._read_data()
         except OSError:
             pass
@@ -102,6 +106,11 @@ class HubdTCPServer(TCPServer):
             self._head_bytes = 0
             if not event.idle:
                 self._requests += 1
+                # As Hypercorn's, but no idle task runs during the first request's head
+                # (see run): then there is nothing to stop, nor a lock to take for it.
+                if self.idle_task._handle is not None:
+                    await self.idle_task.stop()
+                return
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:
@@ -116,9 +125,18 @@ class HubdTCPServer(TCPServer):
                     await self._refuse_head()
                     break
                 size = min(MAX_RECV, limit - self._head_bytes)
+            # A deadline scope only when one applies: the first request's head (see run),
+            # or Hypercorn's read_timeout (unset by hubd). Entering a scope on every read
+            # costs time, and an idle WebSocket would keep one open (about 1 KB) for ever.
+            deadline = self._first_head_by if self._requests == 0 and self._idle else inf
+            if self.config.read_timeout is not None:
+                deadline = min(deadline, trio.current_time() + self.config.read_timeout)
             try:
-                with trio.fail_after(self.config.read_timeout or inf):
+                if deadline == inf:
                     data = await self.stream.receive_some(size)
+                else:
+                    with trio.fail_at(deadline):
+                        data = await self.stream.receive_some(size)
             except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                 break
             if self._idle and data:
@@ -131,7 +149,7 @@ class HubdTCPServer(TCPServer):
             if data == b"":
                 break
         await self.protocol.handle(Closed())
-        if self._idle:
+        if self._idle and self.idle_task._handle is not None:
             # The peer is gone (or its half of the connection is) with no request in
             # flight: nothing can follow, so the connection ends now rather than when
             # the keep-alive timer fires.
@@ -182,6 +200,29 @@ class HubdTCPServer(TCPServer):
             await self.context.terminated.wait()
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
+
+
+def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool) -> ProtocolWrapper:
+    """Hypercorn's ProtocolWrapper around hubd's HTTP/1.1 protocol (or Hypercorn's HTTP/2
+    one for "h2"), built without the H11Protocol its constructor would make and discard."""
+    if alpn_protocol == "h2":
+        return ProtocolWrapper(*args, alpn_protocol)  # type: ignore[call-arg]
+    wrapper = ProtocolWrapper.__new__(ProtocolWrapper)
+    (
+        wrapper.app,
+        wrapper.config,
+        wrapper.context,
+        wrapper.task_group,
+        wrapper.state,
+        wrapper.ssl,
+        wrapper.client,
+        wrapper.server,
+        wrapper.send,
+    ) = args
+    h11 = HubdH11Protocol(*args)
+    h11.http2 = http2
+    wrapper.protocol = h11
+    return wrapper
 
 
 __all__ = ["HubdTCPServer", "ServeOptions"]
