@@ -13,10 +13,11 @@ BIN    := $(VENV)/bin
 # changes (the test stamp through the runtime one).
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP    := $(VENV)/.installed-test
+BENCH_STAMP   := $(VENV)/.installed-bench
 BOOTSTRAP  := $(PYTHON) scripts/bootstrap_venv.py --venv $(VENV)
 DEV_CONFIG := config/hubd.dev.toml
 
-.PHONY: help run run-cluster test lint unit bench abuse chaos soak constraints clean
+.PHONY: help run run-cluster test lint unit bench bench-curves abuse chaos soak constraints clean
 
 help:
 	@echo "make run          start hubd on $(DEV_CONFIG) (in-memory hub, 127.0.0.1:8080); installs only what running needs"
@@ -25,6 +26,7 @@ help:
 	@echo "make lint         ruff + mypy --strict only"
 	@echo "make unit         the tests that start no process (pytest -m 'not e2e')"
 	@echo "make bench        benchmarks (see bench/README.md)"
+	@echo "make bench-curves hubd vs the Node and Python peers at 1k-20k subscribers: table + PNG (~1 h; CURVES_ARGS=\"--sizes 1000,5000 --reps 1\")"
 	@echo "make abuse        legitimate traffic under attack (ABUSE_ARGS=--quick: 10 s phases)"
 	@echo "make chaos        fault injection with an event-by-event loss checker (CHAOS_ARGS=--minutes N)"
 	@echo "make soak         10,000 connections held 16 minutes (10 judged): RSS, heap, fds, tasks (SOAK_ARGS=--minutes N)"
@@ -38,6 +40,14 @@ $(RUNTIME_STAMP): pyproject.toml constraints.txt
 
 $(TEST_STAMP): $(RUNTIME_STAMP)
 	@$(BOOTSTRAP) install test
+	@touch $@
+
+# The `bench` extra (matplotlib, for bench-curves' PNG), pinned like the rest; hubd itself
+# is not reinstalled.
+$(BENCH_STAMP): $(RUNTIME_STAMP)
+	@echo "installing the bench extra into $(VENV): matplotlib"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+		$$($(BIN)/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))')
 	@touch $@
 
 run: $(RUNTIME_STAMP)
@@ -77,6 +87,9 @@ test: lint
 
 bench: $(RUNTIME_STAMP)
 	$(BIN)/python -m bench
+
+bench-curves: $(BENCH_STAMP)
+	$(BIN)/python -m bench curves $(CURVES_ARGS)
 
 abuse: $(RUNTIME_STAMP)
 	$(BIN)/python -m bench.abuse $(ABUSE_ARGS)

@@ -7,6 +7,7 @@
     python -m bench                      # all of them, the defaults `make bench` runs
     python -m bench abuse [--quick ...]  # legitimate traffic under attack (bench/abuse.py)
     python -m bench mailbox [--reps N]   # Mailbox vs a memory-channel one (bench/mailbox.py)
+    python -m bench curves [--sizes ...] # hubd vs two peers at 1k-20k subscribers (bench/curves.py)
 
 Each figure is the median of --reps runs; `load` also prints the batch=1 / default ratio
 measured in the same run, which is what to quote on a shared, noisy machine.
@@ -205,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.mailbox import main as mailbox_main
 
         return mailbox_main(argv[1:])
+    if argv[:1] == ["curves"]:  # its own options: python -m bench curves --help
+        from bench.curves import main as curves_main
+
+        return curves_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "what", nargs="?", default="all", choices=["all", "core", "load", "cluster"]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Start hubd for the side-by-side harness: listens on 127.0.0.1:$PORT with the token the
 # load generator uses ("bench", subscriber + publisher). Extra TOML for [hub] may be given
-# in $HUBD_BENCH_HUB (e.g. 'batch_max = 256').
+# in $HUBD_BENCH_HUB (e.g. 'batch_max = 256'). For runs beyond 20,000 connections, or whose
+# clients stay silent for over a minute while the others connect (python -m bench curves):
+# $HUBD_BENCH_MAX_CONNECTIONS (limits.max_connections, default 20000) and
+# $HUBD_BENCH_IDLE_TIMEOUT (hub.idle_timeout, default 60.0).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONF=$(mktemp /tmp/hubd-bench-XXXXXX.toml)
@@ -11,11 +14,11 @@ listen = ["127.0.0.1:${PORT:-18080}"]
 shutdown_timeout = 5.0
 
 [hub]
-idle_timeout = 60.0
+idle_timeout = ${HUBD_BENCH_IDLE_TIMEOUT:-60.0}
 ${HUBD_BENCH_HUB:-}
 
 [limits]
-max_connections = 20000
+max_connections = ${HUBD_BENCH_MAX_CONNECTIONS:-20000}
 
 [log]
 level = "warning"

@@ -9,7 +9,7 @@ installs the versions pinned in constraints.txt. `make run` needs only `runtime`
 operator who just wants to run hubd does not wait for the test tools; `make test` adds `test`
 on top, without rebuilding hubd.
 
-`constraints` resolves hubd[test] without constraints in a scratch venv (the newest versions
+`constraints` resolves hubd[test,bench] without constraints in a scratch venv (the newest versions
 pyproject.toml allows) and writes what it installed to constraints.txt; `--from-venv .venv`
 writes what an existing venv holds instead. Run `make test` before committing the result.
 
@@ -183,8 +183,12 @@ def refresh_constraints(source: Path | None) -> None:
         if source is None:
             source = Path(tmp) / "venv"
             ensure_venv(source)
-            say("resolving hubd[test] without constraints (the newest versions pyproject allows)")
-            pip_install(source / "bin" / "python", [f"{ROOT}[test]"], constraints=False)
+            # Every extra: the pins cover what make test and make bench-curves install.
+            say(
+                "resolving hubd[test,bench] without constraints "
+                "(the newest versions pyproject allows)"
+            )
+            pip_install(source / "bin" / "python", [f"{ROOT}[test,bench]"], constraints=False)
         pins = freeze(source / "bin" / "python")
     old = parse_pins(CONSTRAINTS.read_text().splitlines()) if CONSTRAINTS.exists() else {}
     new = parse_pins(pins)
