@@ -4,14 +4,18 @@ instance N of `hubd serve --instance N` binds at `metrics.listen`'s port plus N-
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
 from hubd.service import ListenError, check_instance, open_all, open_listeners
 from hubd.settings import ConfigError
+from hubd.web.server_config import BACKLOG
 
 from .conftest import make_settings
 
@@ -96,3 +100,21 @@ def test_check_instance_refuses_a_metrics_port_past_65535() -> None:
     with pytest.raises(ConfigError, match=r"^metrics\.listen '127\.0\.0\.1:65535' with --instance"):
         check_instance(settings, 2)
     check_instance(make_settings(), 2)  # no metrics listener: nothing to move
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a backlog")
+def test_the_listen_backlog_holds_a_reconnect_storm(closing: ExitStack) -> None:
+    """A storm of 20,000 reconnecting clients overflowed a backlog of 1024 (ECONNRESET
+    while the core was busy with handshakes); listeners are made with 4096, as far as the
+    kernel's somaxconn allows. `ss` shows a listening socket's backlog as its Send-Q."""
+    settings = make_settings('[server]\nlisten = ["127.0.0.1:0"]\n')
+    (sock,) = open_listeners(settings)
+    closing.callback(sock.close)
+    port = sock.getsockname()[1]
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    backlog = int(out[2])  # State Recv-Q Send-Q Local Peer
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert backlog == min(BACKLOG, somaxconn)
+    assert BACKLOG >= 4096
