@@ -299,9 +299,7 @@ class Session:
         writer). True: nothing is left queued; False: the caller starts the writer."""
         mailbox = self.mailbox
         write = self.write_nowait
-        if write is None or self._confirmed or len(mailbox) != 1 or self.writing:
-            return False
-        if mailbox.closed:
+        if write is None or self._confirmed or len(mailbox) != 1 or self.writing or mailbox.closed:
             return False
         (frame,) = mailbox.take(1)
         self._confirmed = True

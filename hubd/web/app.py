@@ -1,8 +1,8 @@
 """The ASGI application hubd serves: WebSockets go to the lean subscribe handler,
-`POST /v1/events` to the lean publish handler, every other scope to the Quart-Trio app.
-`/console` to the console's
-static files. Requests arriving on the metrics listener are answered by the metrics handler only.
-Every response any of them builds goes through web/responses.py."""
+`POST /v1/events` to the lean publish handler, `/console` to the console's static files,
+every other scope to the Quart-Trio app. Requests arriving on the metrics listener are
+answered by the metrics handler only. Every response any of them builds goes through
+web/responses.py."""
 
 from __future__ import annotations
 

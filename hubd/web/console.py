@@ -17,6 +17,7 @@ from typing import Any
 
 from hubd.protocol.quoting import quoted
 from hubd.web.responses import send_error
+from hubd.web.scope import headers as scope_headers
 
 PREFIX = "/console"
 
@@ -99,7 +100,7 @@ async def serve_console(assets: dict[str, Asset], enabled: bool, scope: Any, sen
             "method_not_allowed",
             f"{quoted(method)} is not allowed on {quoted(path)}; use GET, HEAD",
         )
-    if _header(scope, b"if-none-match") == asset.etag:
+    if scope_headers(scope).get("if-none-match", "").encode("latin-1") == asset.etag:
         await send(
             {
                 "type": "http.response.start",
@@ -132,10 +133,3 @@ async def _error(scope: Any, send: Any, status: int, code: str, message: str) ->
         head=method == "HEAD",
     )
     return status
-
-
-def _header(scope: Any, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None

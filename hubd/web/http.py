@@ -20,6 +20,8 @@ from hubd.core.errors import HubError
 from hubd.core.session import Session
 from hubd.protocol.quoting import quoted
 from hubd.tasks import count_tasks
+from hubd.web.console import PREFIX as CONSOLE
+from hubd.web.console import is_console
 from hubd.web.context import WebContext
 from hubd.web.errors import payload_too_large, request_timeout
 from hubd.web.responses import (
@@ -57,7 +59,7 @@ def route_of(path: str) -> str:
     if path in ROUTES:
         return path
     # The console's page and files, one label for all.
-    return "/console" if path == "/console" or path.startswith("/console/") else "other"
+    return CONSOLE if is_console(path) else "other"
 
 
 def _utc(wall: float) -> str:
