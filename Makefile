@@ -25,7 +25,7 @@ help:
 	@echo "make test         lint, type-check and run the whole test suite (installs the test tools too)"
 	@echo "make lint         ruff + mypy --strict only"
 	@echo "make unit         the tests that start no process (pytest -m 'not e2e')"
-	@echo "make bench        benchmarks (see bench/README.md)"
+	@echo "make bench        benchmarks (see bench/README.md); ends with latency vs the Node and Python peers, targets met or not"
 	@echo "make bench-curves hubd vs the Node and Python peers at 1k-20k subscribers: table + PNG (~1 h; CURVES_ARGS=\"--sizes 1000,5000 --reps 1\")"
 	@echo "make abuse        legitimate traffic under attack (ABUSE_ARGS=--quick: 10 s phases)"
 	@echo "make chaos        fault injection with an event-by-event loss checker (CHAOS_ARGS=--minutes N)"

@@ -4,10 +4,11 @@
     python -m bench load [SCENARIO ...]  # a real `hubd serve` on loopback, started here
     python -m bench load fanout --persist both  # also with hub.history_path on, same run
     python -m bench cluster              # fan-out across two nodes sharing a redis-server
-    python -m bench                      # all of them, the defaults `make bench` runs
+    python -m bench                      # core, load, cluster, then peers: what `make bench` runs
     python -m bench abuse [--quick ...]  # legitimate traffic under attack (bench/abuse.py)
     python -m bench mailbox [--reps N]   # Mailbox vs a memory-channel one (bench/mailbox.py)
     python -m bench curves [--sizes ...] # hubd vs two peers at 1k-20k subscribers (bench/curves.py)
+    python -m bench peers [--reps N]     # end-to-end latency vs two peers, targets (bench/peers.py)
 
 Each figure is the median of --reps runs; `load` also prints the batch=1 / default ratio
 measured in the same run, which is what to quote on a shared, noisy machine.
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.curves import main as curves_main
 
         return curves_main(argv[1:])
+    if argv[:1] == ["peers"]:  # its own options: python -m bench peers --help
+        from bench.peers import main as peers_main
+
+        return peers_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
         "what", nargs="?", default="all", choices=["all", "core", "load", "cluster"]
@@ -235,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         run_load(args.scenarios, args.reps, args.persist)
     if args.what in ("all", "cluster"):
         run_cluster(args.reps)
+    if args.what == "all":
+        # Against the peers, through the shared harness; a one-line skip when it cannot run.
+        from bench.peers import main as peers_main
+
+        return peers_main(["--reps", str(args.reps)], missing_ok=True)
     return 0
 
 

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -223,25 +223,48 @@ QUIET_STEP_S = 6.0  # run.sh: a 1 s busy sample, then 5 s of sleep, per "waiting
 
 
 def run_once(run: Run, opts: Options, harness: Path, out: Path, log: Any) -> Attempt:
-    """One run.sh invocation; its stderr goes to `log` (and its first wait for a quiet
-    machine to the progress output)."""
+    """One run.sh invocation for `run`; its stderr goes to `log` (and its first wait for a
+    quiet machine to the progress output)."""
+    env = {
+        "HUBD_BENCH_MAX_CONNECTIONS": str(max(20000, run.size + 100)),
+        "HUBD_BENCH_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
+    }
+    args = loadgen_args(run, opts)
+    return run_harness(harness, run.hub, run.scenario, args, out, log, env, "curves", progress)
+
+
+def run_harness(
+    harness: Path,
+    hub: str,
+    scenario: str,
+    args: Sequence[str],
+    out: Path,
+    log: Any,
+    env: dict[str, str],
+    tag: str,
+    note: Callable[[str], None],
+) -> Attempt:
+    """One `run.sh target(hub) scenario *args` on a free pair of ports, with `env` added to
+    its environment; its logs and results under `out`/harness, its stderr to `log` (after a
+    `=== tag: ...` line), its first wait for a quiet machine to `note`."""
     port, pub_port = free_port_pair()
-    env = dict(os.environ)
-    env.update(
+    full_env = dict(os.environ)
+    full_env.update(
         PORT=str(port),
         PUB_PORT=str(pub_port),
         BENCH_OUT=str(out / "harness"),
         RESULTS=str(out / "harness" / "runs.jsonl"),
-        HUBD_BENCH_MAX_CONNECTIONS=str(max(20000, run.size + 100)),
-        HUBD_BENCH_IDLE_TIMEOUT=str(IDLE_TIMEOUT),
     )
-    command = [str(harness / "run.sh"), target(run.hub), run.scenario, *loadgen_args(run, opts)]
-    log.write(f"\n=== curves: {' '.join(command)} (PORT={port} PUB_PORT={pub_port})\n")
+    full_env.update(env)
+    command = [str(harness / "run.sh"), target(hub), scenario, *args]
+    log.write(f"\n=== {tag}: {' '.join(command)} (PORT={port} PUB_PORT={pub_port})\n")
     log.flush()
     started = time.monotonic()
     waits = 0
     with tempfile.TemporaryFile("w+") as stdout:
-        proc = subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            command, env=full_env, stdout=stdout, stderr=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stderr is not None
             for line in proc.stderr:
@@ -250,7 +273,7 @@ def run_once(run: Run, opts: Options, harness: Path, out: Path, log: Any) -> Att
                 if QUIET_LINE in line:
                     waits += 1
                     if waits == 1:
-                        progress(f"  {line.strip()} (up to QUIET_WAIT s)")
+                        note(f"  {line.strip()} (up to QUIET_WAIT s)")
             log.flush()
             proc.wait()
         except BaseException:
@@ -274,19 +297,28 @@ def run_once(run: Run, opts: Options, harness: Path, out: Path, log: Any) -> Att
     return Attempt(proc.returncode, summary, min(wall, waits * QUIET_STEP_S), wall)
 
 
+def until_undisturbed(
+    once: Callable[[], Attempt], tries: int, note: Callable[[str], None]
+) -> list[Attempt]:
+    """`once()`, again (up to `tries` in all) while run.sh says other processes used a
+    pinned core; every attempt, the one that counts last."""
+    attempts: list[Attempt] = []
+    for n in range(1, tries + 1):
+        attempt = once()
+        attempts.append(attempt)
+        if not contaminated(attempt.rc, attempt.summary):
+            break
+        if n < tries:
+            note(f"  other processes used a pinned core; again ({n + 1}/{tries})")
+    return attempts
+
+
 def execute(
     run: Run, opts: Options, harness: Path, out: Path, tries: int, log: Any
 ) -> dict[str, Any]:
     """Run `run`, again (up to `tries` in all) while run.sh says other processes used a
     pinned core; the record written to runs.jsonl: the summary with a "curves" key."""
-    attempts: list[Attempt] = []
-    for n in range(1, tries + 1):
-        attempt = run_once(run, opts, harness, out, log)
-        attempts.append(attempt)
-        if not contaminated(attempt.rc, attempt.summary):
-            break
-        if n < tries:
-            progress(f"  other processes used a pinned core; again ({n + 1}/{tries})")
+    attempts = until_undisturbed(lambda: run_once(run, opts, harness, out, log), tries, progress)
     last = attempts[-1]
     record: dict[str, Any] = dict(last.summary) if last.summary else {"result": "no_summary"}
     wall = sum(a.wall_s for a in attempts)
