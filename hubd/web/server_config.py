@@ -57,7 +57,13 @@ def hypercorn_config(
 def serve_options(settings: Settings) -> ServeOptions:
     """The limits hubd's server adds to Hypercorn's (see `hubd.web.seam`)."""
     server = settings.server
-    return ServeOptions(server.handshake_timeout, server.max_header_bytes, server.http2)
+    return ServeOptions(
+        server.handshake_timeout,
+        server.max_header_bytes,
+        server.http2,
+        # permessage-deflate is Hypercorn's stream's alone (hub.compression needs a restart).
+        native_websockets=not settings.hub.compression,
+    )
 
 
 def server_grace(shutdown_timeout: float) -> float:

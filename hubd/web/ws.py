@@ -29,6 +29,7 @@ from hubd.web.responses import send_error
 from hubd.web.scope import headers as scope_headers
 from hubd.web.scope import query as scope_query
 from hubd.web.seam.direct_write import HypercornTransport, hypercorn_stream, refuse_compression
+from hubd.web.seam.native import native_websocket
 
 log = logging.getLogger("hubd.connections")
 
@@ -178,6 +179,11 @@ def _attach_transport(
 ) -> tuple[Transport, str]:
     """The session's transport, attached, and which write path it takes: "direct" or
     "asgi"."""
+    native = native_websocket(send)
+    if native is not None:
+        # Served on the connection's own task (plain HTTP/1.1, compression off).
+        native.attach(session)
+        return native, "direct" if native.direct else "asgi"
     stream = hypercorn_stream(send)
     if stream is not None and not ctx.settings.hub.compression:
         refuse_compression(stream)

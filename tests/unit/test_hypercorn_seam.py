@@ -28,12 +28,14 @@ import trio.testing
 from hypercorn.config import Config
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.ws_stream import WSStream
+from hypercorn.protocol.ws_stream import Handshake, WSStream
+from hypercorn.trio import task_group as hypercorn_task_group
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 
 from hubd.web.seam import accept, direct_write
 from hubd.web.seam.connection import HubdTCPServer, ServeOptions
+from hubd.web.seam.native import NativeWebSocket, native_websocket
 from hubd.web.seam.throttle import ThrottleFilter
 
 HANDSHAKE = 10.0
@@ -86,8 +88,8 @@ def _config() -> Config:
     return config
 
 
-def _options(http2: bool = False) -> ServeOptions:
-    return ServeOptions(HANDSHAKE, LIMIT, http2)
+def _options(http2: bool = False, native: bool = True) -> ServeOptions:
+    return ServeOptions(HANDSHAKE, LIMIT, http2, native)
 
 
 async def http_app(scope: Scope, receive: Any, send: Any) -> None:
@@ -133,7 +135,7 @@ def _stock(stream: Any) -> TCPServer:
     return TCPServer(wrap_app(http_app, 0, None), _config(), WorkerContext(None), {}, stream)
 
 
-def _hubd(stream: Any, http2: bool = False) -> HubdTCPServer:
+def _hubd(stream: Any, http2: bool = False, native: bool = True) -> HubdTCPServer:
     from hypercorn.utils import wrap_app
 
     return HubdTCPServer(
@@ -142,8 +144,13 @@ def _hubd(stream: Any, http2: bool = False) -> HubdTCPServer:
         WorkerContext(None),
         {},
         stream,
-        _options(http2),
+        _options(http2, native),
     )
+
+
+def _hubd_stream(stream: Any) -> HubdTCPServer:
+    """hubd's server with WebSockets served by Hypercorn's stream (as with compression)."""
+    return _hubd(stream, native=False)
 
 
 class Conn:
@@ -284,11 +291,28 @@ async def test_a_first_frame_pipelined_behind_an_accepted_upgrade_is_read(
 async def test_too_much_data_before_the_upgrade_is_answered_closes_with_1008(
     nursery: trio.Nursery,
 ) -> None:
-    conn = await _serve(nursery, _hubd)
+    """Hypercorn's stream reads while the app decides: more than EARLY_DATA_LIMIT is 1008."""
+    conn = await _serve(nursery, _hubd_stream)
     junk = ws_frame(b"x" * 60000) * 2  # > EARLY_DATA_LIMIT
     await conn.client.send_all(upgrade("ok") + junk)
     data = await conn.read_until_closed()
     assert close_code(data) == 1008
+
+
+async def test_served_natively_frames_sent_with_the_handshake_wait_and_are_all_read(
+    nursery: trio.Nursery,
+) -> None:
+    """Nothing is read while the app decides on a native upgrade: what the client sent
+    behind its handshake (here over EARLY_DATA_LIMIT) waits in the stream and is read
+    after the 101, every frame, in order."""
+    received.clear()
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(upgrade("ok") + ws_frame(b"a" * 60000) + ws_frame(b"b" * 60000))
+    data = b""
+    while len(received) < 2:
+        data += await conn.read_some()
+    assert data.startswith(b"HTTP/1.1 101 ")
+    assert [m["text"] for m in received] == ["a" * 60000, "b" * 60000]
 
 
 async def test_the_guard_logs_a_failing_connection_once_and_does_not_raise(
@@ -503,7 +527,7 @@ async def test_accept_backs_off_on_emfile_and_logs_once_per_interval(
 # -- the seam itself ----------------------------------------------------------------------
 
 # The upstream functions hubd.web.seam re-implements with changes, by source digest.
-UPSTREAM = {
+UPSTREAM: dict[tuple[Any, str], str] = {
     (TCPServer, "run"): "fd34b021d1a86c98",
     (TCPServer, "_read_data"): "7ca747d922c65cf1",
     (TCPServer, "_idle_timeout"): "210ce1014d98e1cb",
@@ -517,10 +541,23 @@ UPSTREAM = {
     (TCPServer, "protocol_send"): "225856426bff7be0",
     (TrioSingleTask, "stop"): "044ad384dfd2f565",
     (TrioSingleTask, "restart"): "0170ab8e4418dc0e",
+    # native.NativeWebSocket serves a WebSocket as WSStream and the app task do (scope,
+    # accept, rejection, error responses, frames, the end of the app), with the upgrade
+    # test of _create_stream, and relies on _handle_events stopping when no stream was
+    # made for the request.
+    (H11Protocol, "_create_stream"): "a2338a57ab343908",
+    (H11Protocol, "_handle_events"): "bd4a76b2837e8722",
+    (WSStream, "app_send"): "a6dd1160bfc416e7",
+    (WSStream, "_accept"): "144623ad2e13fc56",
+    (WSStream, "_send_rejection"): "3ab1858d1e4cc5b0",
+    (WSStream, "_send_error_response"): "8b6acae9ca1ce378",
+    (Handshake, "accept"): "e163533bf7919793",
+    (Handshake, "is_valid"): "fa339f39b4dc32d5",
+    (hypercorn_task_group, "_handle"): "06081a56a9930825",
 }
 
 
-def _digest(cls: type, name: str) -> str:
+def _digest(cls: Any, name: str) -> str:
     return hashlib.sha256(inspect.getsource(getattr(cls, name)).encode()).hexdigest()[:16]
 
 
@@ -532,7 +569,7 @@ def test_hypercorn_is_a_tested_version() -> None:
 
 
 @pytest.mark.parametrize(("cls", "name"), list(UPSTREAM))
-def test_the_upstream_code_hubd_re_implements_is_unchanged(cls: type, name: str) -> None:
+def test_the_upstream_code_hubd_re_implements_is_unchanged(cls: Any, name: str) -> None:
     assert _digest(cls, name) == UPSTREAM[(cls, name)], (
         f"Hypercorn's {cls.__name__}.{name} changed: re-sync hubd.web.seam with it"
     )
@@ -548,21 +585,24 @@ def test_the_hooks_hubd_overrides_still_exist() -> None:
             assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
 
 
+@pytest.mark.parametrize("native", [True, False])
 async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, native: bool
 ) -> None:
-    """`hubd.web.seam.direct_write` finds Hypercorn's stream, protocol and socket owner
-    behind the ASGI `send` of a connection hubd serves: a Hypercorn change (or a change to
-    the seam) that would silently fall back to the slower plain ASGI path fails here."""
+    """What `hubd.web.ws` looks for behind the ASGI `send` of a connection hubd serves is
+    there: hubd's own `NativeWebSocket` (the default), or with native WebSockets off
+    (compression) Hypercorn's stream, protocol and socket owner for
+    `hubd.web.seam.direct_write`. A Hypercorn change (or a change to the seam) that would
+    silently fall back to the slower plain ASGI path fails here."""
     from hypercorn.utils import wrap_app
 
     found: list[object] = []
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         await receive()
+        found.append(native_websocket(send))
         stream = direct_write.hypercorn_stream(send)
         found.append(stream)
-        found.append(direct_write._tcp_server(stream) if stream is not None else None)
         await send({"type": "websocket.accept"})
         await receive()
 
@@ -573,17 +613,22 @@ async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
             WorkerContext(None),
             {},
             stream,
-            _options(),
+            _options(native=native),
         )
 
     conn = await _serve(nursery, make)
     await conn.client.send_all(upgrade("ok"))
     assert (await conn.read_some()).startswith(b"HTTP/1.1 101 ")
-    stream, _server = found
-    assert isinstance(stream, WSStream)
-    assert isinstance(stream.send.__self__, H11Protocol)  # type: ignore[attr-defined]
-    # Over real TCP the socket owner is found too: tests/e2e/test_observability.py and
-    # tests/e2e/test_hostile_connections.py check the `connected` log line says write=direct.
+    own, stream = found
+    if native:
+        assert isinstance(own, NativeWebSocket)
+        assert stream is None
+    else:
+        assert own is None
+        assert isinstance(stream, WSStream)
+        assert isinstance(stream.send.__self__, H11Protocol)  # type: ignore[attr-defined]
+    # Over real TCP frames go to the socket's descriptor: tests/e2e/test_observability.py
+    # and tests/e2e/test_hostile_connections.py check the `connected` line says write=direct.
 
 
 async def test_hypercorns_error_log_is_throttled(

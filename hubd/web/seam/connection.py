@@ -19,18 +19,29 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
+from hubd.web.seam.native import NativeWebSocket
 from hubd.web.seam.protocol import HubdH11Protocol
 
 
 class ServeOptions:
     """What hubd asks of the server beyond Hypercorn's own `Config`."""
 
-    __slots__ = ("handshake_timeout", "http2", "max_header_bytes")
+    __slots__ = ("handshake_timeout", "http2", "max_header_bytes", "native_websockets")
 
-    def __init__(self, handshake_timeout: float, max_header_bytes: int, http2: bool) -> None:
+    def __init__(
+        self,
+        handshake_timeout: float,
+        max_header_bytes: int,
+        http2: bool,
+        native_websockets: bool = True,
+    ) -> None:
         self.handshake_timeout = handshake_timeout
         self.max_header_bytes = max_header_bytes
         self.http2 = http2
+        # Serve WebSocket upgrades over plain HTTP/1.1 on the connection's own task
+        # (`native.NativeWebSocket`); off, Hypercorn's WSStream serves them (the only
+        # way with permessage-deflate).
+        self.native_websockets = native_websockets
 
 
 class HubdTCPServer(TCPServer):
@@ -52,6 +63,8 @@ class HubdTCPServer(TCPServer):
         self._head_bytes = 0  # bytes received since the current request head began
         # When the first request's head must be in (handshake_timeout from the start).
         self._first_head_by = inf
+        # hubd's HTTP/1.1 protocol, when it serves this connection (not HTTP/2).
+        self._h11: HubdH11Protocol | None = None
 
     async def run(self) -> None:
         # Hypercorn's TCPServer.run, with hubd's protocol classes and handshake limit, and
@@ -91,7 +104,11 @@ class HubdTCPServer(TCPServer):
                     server,
                     self.protocol_send,
                 )
-                self.protocol = _wrap(args, alpn_protocol, self.options.http2)
+                self.protocol = _wrap(
+                    args, alpn_protocol, self.options.http2, self.options.native_websockets
+                )
+                inner = self.protocol.protocol
+                self._h11 = inner if isinstance(inner, HubdH11Protocol) else None
                 await self.protocol.initiate()
                 self._first_head_by = trio.current_time() + self.options.handshake_timeout
                 await self._read_data()
@@ -146,6 +163,10 @@ class HubdTCPServer(TCPServer):
                     await self.idle_task.restart(self._task_group, self._head_timeout)
                 self._head_bytes += len(data)
             await self.protocol.handle(RawData(bytes(data)))
+            h11 = self._h11
+            if h11 is not None and h11.upgrade is not None:
+                await self._serve_native(h11)
+                break
             if data == b"":
                 break
         await self.protocol.handle(Closed())
@@ -154,6 +175,14 @@ class HubdTCPServer(TCPServer):
             # flight: nothing can follow, so the connection ends now rather than when
             # the keep-alive timer fires.
             await self.idle_task.stop()
+
+    async def _serve_native(self, protocol: HubdH11Protocol) -> None:
+        """Serve the WebSocket upgrade h11 has read on this task; the connection ends
+        with it."""
+        upgrade = protocol.take_upgrade()
+        if upgrade is not None:
+            request, handshake = upgrade
+            await NativeWebSocket(self, protocol, request, handshake).run(self.app)
 
     async def _refuse_head(self) -> None:
         protocol = self.protocol.protocol
@@ -202,7 +231,7 @@ class HubdTCPServer(TCPServer):
             await self._initiate_server_close()
 
 
-def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool) -> ProtocolWrapper:
+def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool, native: bool) -> ProtocolWrapper:
     """Hypercorn's ProtocolWrapper around hubd's HTTP/1.1 protocol (or Hypercorn's HTTP/2
     one for "h2"), built without the H11Protocol its constructor would make and discard."""
     if alpn_protocol == "h2":
@@ -221,6 +250,7 @@ def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool) -> ProtocolWra
     ) = args
     h11 = HubdH11Protocol(*args)
     h11.http2 = http2
+    h11.native = native
     wrapper.protocol = h11
     return wrapper
 

@@ -12,10 +12,17 @@ from typing import Any
 import trio
 from hypercorn.protocol.events import Body, Data, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WSStream
+from hypercorn.protocol.ws_stream import (
+    ASGIWebsocketState,
+    FrameTooLargeError,
+    Handshake,
+    WSStream,
+)
 from wsproto.connection import ConnectionState as WSState
 from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
+
+from hubd.web.seam.native import NativeWebSocket
 
 # Bytes a client may send behind its upgrade request before hubd has answered it (its
 # first frames, pipelined); more closes the connection with 1008 once it is accepted.
@@ -115,9 +122,19 @@ class HubdWSStream(WSStream):
 
 class HubdH11Protocol(H11Protocol):
     """Hypercorn's HTTP/1.1 protocol, switching to HTTP/2 only when `http2` is set and
-    serving WebSockets with `HubdWSStream`."""
+    serving WebSockets with `HubdWSStream`, or, when `native` is set, handing a WebSocket
+    upgrade over to the connection's task (`upgrade`, taken by `HubdTCPServer`, which
+    serves it with `native.NativeWebSocket`)."""
 
     http2: bool = False
+    native: bool = False
+    # An upgrade request to serve natively, and its handshake: set by `_create_stream`.
+    upgrade: tuple[Any, Handshake] | None = None
+
+    def take_upgrade(self) -> tuple[Any, Handshake] | None:
+        """The upgrade request waiting to be served natively, if any (once)."""
+        upgrade, self.upgrade = self.upgrade, None
+        return upgrade
 
     async def _check_protocol(self, event: Any) -> None:
         # Without HTTP/2 an `Upgrade: h2c` header is ignored (the request is answered in
@@ -126,11 +143,35 @@ class HubdH11Protocol(H11Protocol):
             await super()._check_protocol(event)
 
     async def _create_stream(self, request: Any) -> None:
+        if self.native and _is_websocket_upgrade(request):
+            handshake = NativeWebSocket.handshake_for(request, self.ssl, self.config)
+            if handshake is not None:
+                # No stream: `_handle_events` reads the request's end and stops (it
+                # stops when there is no stream), and the server serves the upgrade.
+                self.upgrade = (request, handshake)
+                self.keep_alive_requests += 1
+                await self.context.mark_request()
+                return
         await super()._create_stream(request)
         if type(self.stream) is WSStream:
             self.stream.__class__ = HubdWSStream
             assert isinstance(self.stream, HubdWSStream)
             self.stream._adopt()
+
+
+def _is_websocket_upgrade(request: Any) -> bool:
+    """Hypercorn's test for a WebSocket upgrade (`H11Protocol._create_stream`)."""
+    upgrade = connection = ""
+    for name, value in request.headers:
+        if name == b"upgrade":  # h11 lower-cases header names
+            upgrade = value.decode("latin1").strip()
+        elif name == b"connection":
+            connection = value.decode("latin1").strip()
+    return (
+        request.method.upper() == b"GET"
+        and upgrade.lower() == "websocket"
+        and any(token.strip() == "upgrade" for token in connection.lower().split(","))
+    )
 
 
 __all__ = ["EARLY_DATA_LIMIT", "HubdH11Protocol", "HubdWSStream"]

@@ -1,0 +1,467 @@
+"""WebSockets served on the connection's own task: `NativeWebSocket`.
+
+Through Hypercorn every WebSocket costs a second task (the ASGI app's, started by
+`TaskGroup.spawn_app`), a memory channel between the two, a `WSStream` with its ASGI
+scope, and for every client frame a hop through that channel and a task wake-up. hubd's
+subscribe handler needs none of it: it reads client frames itself (its reader task) and
+writes frames itself (`Session.write_nowait`, its writer task). So for a WebSocket upgrade
+over plain HTTP/1.1 (no TLS, no permessage-deflate, no server pings) `HubdTCPServer` runs
+the ASGI app inline, on the connection's task, with this object as its `receive` and
+`send`; once accepted, hubd's session uses it as its `Transport`:
+
+- the handshake is Hypercorn's own: the upgrade request is parsed and checked by h11 and
+  `Handshake` (`HubdH11Protocol` hands it over instead of building a `WSStream`), the 101
+  or the refusal goes out through `H11Protocol.stream_send` with Hypercorn's response
+  headers, and the connection ends with the exchange, accepted or refused (as
+  Hypercorn's, which never reuses a connection that asked for a WebSocket);
+- client frames are read from the socket by whoever calls `receive` (the session's
+  reader) and parsed by wsproto, as Hypercorn does; a client's WebSocket pings are
+  answered there;
+- frames are written under the connection's send lock, straight to the socket when it
+  takes them (as `direct_write.HypercornTransport` does through Hypercorn's stream).
+
+Bytes a client pipelines behind its handshake are not read while the app decides (the
+connection's task is the app's): they wait in the socket, bounded by TCP flow control,
+and are read as frames once the upgrade is accepted; those h11 had already read with the
+request are fed to wsproto first, in order.
+
+docs/design.md ("One task per WebSocket") has the measurements that made this the
+default path. `tests/unit/test_hypercorn_seam.py` checks that a connection gets it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from time import time
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+import trio
+from hypercorn.protocol.events import Body, EndBody, Response
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.ws_stream import Handshake
+from hypercorn.utils import build_and_validate_headers, suppress_body
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, generate_accept_token
+
+from hubd.core.frame import Frame
+from hubd.core.session import Session
+from hubd.core.transport import TransportClosed
+
+# Reads while a WebSocket is open: as Hypercorn's.
+MAX_RECV = 2**16
+# Close reasons quote the parser's words; keep them inside a control frame (125 bytes).
+_MAX_REASON = 100
+# Close codes that say the client broke the protocol: the session ends with that code
+# and reason (its `closed` log line says them), not as if the client had closed.
+_PROTOCOL_CODES = frozenset({1002, 1007, 1008, 1009})
+
+# States, as Hypercorn's ASGIWebsocketState.
+_HANDSHAKE, _RESPONSE, _HTTP_CLOSED, _CONNECTED, _CLOSED = range(5)
+
+
+class _Disconnect(Exception):
+    """The WebSocket is over for reading: the peer closed, vanished or broke the
+    protocol (`code` and `reason` say which; the close frame, if any, is already sent)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+
+
+class NativeWebSocket:
+    """One WebSocket upgrade served on the connection's task (see the module docstring).
+
+    The ASGI face (`asgi_receive`, `asgi_send`) serves any ASGI app; the `Transport` face
+    (`receive`, `send_frames`, `close`, `attach`, `try_write`) is what hubd's session
+    uses once the upgrade is accepted."""
+
+    __slots__ = (
+        "_closed",
+        "_config",
+        "_connected_told",
+        "_events",
+        "_fd",
+        "_h11",
+        "_handshake",
+        "_lock",
+        "_max_message",
+        "_response",
+        "_server",
+        "_session",
+        "_start",
+        "_stream",
+        "_ws",
+        "scope",
+        "state",
+    )
+
+    def __init__(
+        self, server: Any, h11_protocol: H11Protocol, request: h11.Request, handshake: Handshake
+    ) -> None:
+        self._server = server
+        self._h11 = h11_protocol
+        self._config = server.config
+        self._stream = stream = server.stream
+        self._lock: trio.Lock = server.send_lock
+        # Frames go straight to the socket's file descriptor when the socket takes them.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self._start = time()
+        headers = list(request.headers)
+        http_version = request.http_version.decode()
+        self._handshake = handshake
+        path, _, query_string = request.target.partition(b"?")
+        # The scope Hypercorn's WSStream builds, for the same app.
+        self.scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": {"spec_version": "2.3", "version": "3.0"},
+            "scheme": "ws",
+            "http_version": http_version,
+            "path": unquote(path.decode("ascii")),
+            "raw_path": path,
+            "query_string": query_string,
+            "root_path": self._config.root_path,
+            "headers": headers,
+            "client": h11_protocol.client,
+            "server": h11_protocol.server,
+            "state": h11_protocol.connection_state.copy(),
+            "subprotocols": self._handshake.subprotocols or [],
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.state = _HANDSHAKE
+        self._connected_told = False
+        self._response: dict[str, Any] | None = None
+        self._ws: Connection | None = None
+        self._events: Any = None  # the wsproto events iterator being read
+        self._max_message: int = self._config.websocket_max_message_size
+        self._session: Session | None = None
+        self._closed = False  # no more frames may be sent
+
+    @staticmethod
+    def handshake_for(request: h11.Request, ssl: bool, config: Any) -> Handshake | None:
+        """The handshake of a WebSocket upgrade request that may be served natively, or
+        None: plain HTTP/1.1 only, and nothing asked that only Hypercorn's stream does
+        (server pings, server names). A handshake Hypercorn would refuse (bad version, no
+        key) is left to it, so it answers exactly as before."""
+        if ssl or config.websocket_ping_interval is not None or config.server_names:
+            return None
+        handshake = Handshake(list(request.headers), request.http_version.decode())
+        return handshake if handshake.is_valid() else None
+
+    # -- running the app --------------------------------------------------------------
+
+    async def run(self, app: Any) -> None:
+        """Run the ASGI app on this task until it returns, then end the exchange as
+        Hypercorn does. The connection is over then, accepted or refused: Hypercorn never
+        serves another request on a connection that asked for a WebSocket."""
+        try:
+            await app(
+                self.scope,
+                self.asgi_receive,
+                self.asgi_send,
+                trio.to_thread.run_sync,
+                trio.from_thread.run,
+            )
+        except trio.Cancelled:
+            raise
+        except Exception:
+            await self._config.log.exception("Error in ASGI Framework")
+        finally:
+            # As Hypercorn's `send(None)` once the app returns: a handshake never answered
+            # is a 500, a WebSocket left open is closed with 1011.
+            with trio.CancelScope(shield=True):
+                if self.state == _HANDSHAKE:
+                    await self._error_response(500)
+                elif self.state == _CONNECTED:
+                    await self._write_close(CloseReason.INTERNAL_ERROR, "")
+
+    # -- the ASGI face ------------------------------------------------------------------
+
+    async def asgi_receive(self) -> dict[str, Any]:
+        if not self._connected_told:
+            self._connected_told = True
+            return {"type": "websocket.connect"}
+        if self.state != _CONNECTED:
+            # Nothing is read before the accept; after a refusal the exchange is over.
+            code = 1000 if self.state in (_HTTP_CLOSED, _CLOSED) else 1006
+            return {"type": "websocket.disconnect", "code": code}
+        try:
+            data = await self._next_message()
+        except _Disconnect as gone:
+            return {"type": "websocket.disconnect", "code": gone.code, "reason": gone.reason}
+        if isinstance(data, str):
+            return {"type": "websocket.receive", "text": data, "bytes": None}
+        return {"type": "websocket.receive", "bytes": data, "text": None}
+
+    async def asgi_send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        state = self.state
+        if state == _CLOSED or (self._closed and state == _CONNECTED):
+            return  # as Hypercorn: the app may finish after the close
+        if kind == "websocket.accept" and state == _HANDSHAKE:
+            await self._accept(message.get("subprotocol"), message.get("headers") or [])
+        elif kind == "websocket.http.response.start" and state == _HANDSHAKE:
+            self._response = message
+        elif kind == "websocket.http.response.body" and state in (_HANDSHAKE, _RESPONSE):
+            await self._send_rejection(message)
+        elif kind == "websocket.send" and state == _CONNECTED:
+            ws = self._ws
+            assert ws is not None
+            if message.get("bytes") is not None:
+                data = ws.send(BytesMessage(data=bytes(message["bytes"])))
+            elif isinstance(message.get("text"), str):
+                data = ws.send(TextMessage(data=message["text"]))
+            else:
+                raise TypeError(f"{message.get('text')!r} should be a str")
+            await self._send_control(data)
+        elif kind == "websocket.close" and state == _HANDSHAKE:
+            self.state = _HTTP_CLOSED
+            await self._error_response(403)
+        elif kind == "websocket.close" and state == _CONNECTED:
+            await self.close(int(message.get("code", 1000)), message.get("reason") or "")
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in WebSocket state {state}")
+
+    async def _accept(self, subprotocol: str | None, extra: list[tuple[bytes, bytes]]) -> None:
+        handshake = self._handshake
+        headers: list[tuple[bytes, bytes]] = []
+        if subprotocol is not None:
+            if subprotocol not in (handshake.subprotocols or ()):
+                raise RuntimeError(f"subprotocol {subprotocol!r} was not offered")
+            headers.append((b"sec-websocket-protocol", subprotocol.encode()))
+        # No permessage-deflate: the native path is taken only with compression off.
+        assert handshake.key is not None
+        headers.append((b"sec-websocket-accept", generate_accept_token(handshake.key)))
+        headers += [(b"upgrade", b"WebSocket"), (b"connection", b"Upgrade")]
+        for name, value in extra:
+            if name == b"sec-websocket-protocol" or name.startswith(b":"):
+                raise RuntimeError(f"invalid additional header {name.decode()!r}")
+            headers.append((name, value))
+        self.state = _CONNECTED
+        self._ws = ws = Connection(ConnectionType.SERVER)
+        await self._h11.stream_send(Response(stream_id=STREAM_ID, status_code=101, headers=headers))
+        # What the client sent behind its handshake and h11 had already read: its first
+        # frames, read before anything that is still in the socket.
+        early = self._h11.connection.trailing_data[0]
+        if early:
+            ws.receive_data(bytes(early))
+        await self._config.log.access(
+            self.scope, {"status": 101, "headers": []}, time() - self._start
+        )
+
+    async def _send_rejection(self, message: dict[str, Any]) -> None:
+        response = self._response
+        if response is None:
+            raise RuntimeError("websocket.http.response.body before its start")
+        if self.state == _HANDSHAKE:
+            await self._h11.stream_send(
+                Response(
+                    stream_id=STREAM_ID,
+                    status_code=int(response["status"]),
+                    headers=build_and_validate_headers(response.get("headers") or []),
+                )
+            )
+            self.state = _RESPONSE
+        if not suppress_body("GET", int(response["status"])):
+            await self._h11.stream_send(
+                Body(stream_id=STREAM_ID, data=bytes(message.get("body", b"")))
+            )
+        if not message.get("more_body", False):
+            self.state = _HTTP_CLOSED
+            await self._h11.stream_send(EndBody(stream_id=STREAM_ID))
+            await self._config.log.access(self.scope, response, time() - self._start)
+
+    async def _error_response(self, status: int) -> None:
+        await self._h11.stream_send(
+            Response(
+                stream_id=STREAM_ID,
+                status_code=status,
+                headers=[(b"content-length", b"0"), (b"connection", b"close")],
+            )
+        )
+        await self._h11.stream_send(EndBody(stream_id=STREAM_ID))
+        self.state = _HTTP_CLOSED
+
+    # -- reading frames -----------------------------------------------------------------
+
+    async def _next_message(self) -> str | bytes:
+        """The next complete client message; pings are answered on the way. Raises
+        `_Disconnect` once nothing more can be read."""
+        ws = self._ws
+        assert ws is not None
+        parts: list[Any] = []
+        size = 0
+        while True:
+            if self._closed:
+                raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
+            events = self._events
+            if events is None:
+                events = self._events = ws.events()
+            for event in events:
+                if isinstance(event, Message):
+                    parts.append(event.data)
+                    size += len(event.data)
+                    if size > self._max_message:
+                        await self._protocol_error(
+                            CloseReason.MESSAGE_TOO_BIG,
+                            f"message too big: over {self._max_message} bytes",
+                        )
+                    if event.message_finished:
+                        if isinstance(event, TextMessage):
+                            return parts[0] if len(parts) == 1 else "".join(parts)
+                        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+                elif isinstance(event, Ping):
+                    await self._send_control(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if ws.state is ConnectionState.REMOTE_CLOSING:
+                        await self._send_control(ws.send(event.response()))
+                        self._closed = True
+                        raise _Disconnect(event.code, event.reason or "")
+                    if ws.state is ConnectionState.OPEN:
+                        # Made up by wsproto from a frame it could not parse.
+                        await self._protocol_error(event.code, event.reason or "")
+                    raise _Disconnect(event.code, event.reason or "")
+                # Pong: nothing to do.
+            self._events = None
+            try:
+                data = await self._stream.receive_some(MAX_RECV)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self._closed = True
+                raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
+            if ws.state is not ConnectionState.OPEN and ws.state is not (
+                ConnectionState.LOCAL_CLOSING
+            ):
+                raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
+            ws.receive_data(data)
+
+    async def _protocol_error(self, code: int, reason: str) -> None:
+        """Close for a client that broke the protocol, with the code and the parser's
+        words, and stop reading."""
+        short = reason[:_MAX_REASON]
+        await self._write_close(code, short)
+        raise _Disconnect(int(code), short)
+
+    # -- the Transport face ---------------------------------------------------------------
+
+    @property
+    def direct(self) -> bool:
+        """Whether frames go straight to the socket's descriptor (a TCP socket)."""
+        return self._fd >= 0
+
+    def attach(self, session: Session) -> None:
+        """Serve `session`: the hub may write to this connection directly, and frames
+        this object sends itself (pongs, close replies) queue behind the session's
+        frames whenever it has bytes queued or in flight, so that nothing lands inside a
+        partly written frame."""
+        self._session = session
+        session.write_nowait = self.try_write
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            return await self._next_message()
+        except _Disconnect as gone:
+            session = self._session
+            if gone.code in _PROTOCOL_CODES and session is not None:
+                # The close frame is already sent; this only names the reason.
+                session.request_close(gone.code, gone.reason)
+            return None
+
+    def try_write(self, data: bytes) -> int:
+        """Write without blocking if nobody else is writing; return the bytes the kernel
+        took (0: nothing written, the caller queues the frame instead)."""
+        lock = self._lock
+        if self._fd < 0 or self._closed or lock.locked():
+            return 0
+        lock.acquire_nowait()
+        try:
+            return os.write(self._fd, data)
+        except OSError:  # BlockingIOError (full buffer) or the peer is gone: the writer
+            return 0  # task will find out and report it
+        finally:
+            lock.release()
+
+    async def send_frames(self, frames: Sequence[Frame]) -> None:
+        if self._closed:
+            raise TransportClosed("closed")
+        data = frames[0].wire if len(frames) == 1 else b"".join([f.wire for f in frames])
+        try:
+            await self._write(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._closed = True
+            raise TransportClosed("peer went away") from None
+        # No scheduling round here: the writer yields before its next write, if any.
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.state != _CONNECTED:
+            return
+        await self._write_close(code, reason)
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def _write(self, data: bytes) -> None:
+        """Write all of `data` under the send lock: at once when the socket takes it,
+        the rest (or all, for a stream without a descriptor) with `send_all`."""
+        lock = self._lock
+        async with lock:
+            written = 0
+            if self._fd >= 0:
+                try:
+                    written = os.write(self._fd, data)
+                except BlockingIOError:
+                    written = 0
+            if written < len(data):
+                with trio.CancelScope(shield=True):  # a frame is never left half written
+                    await self._stream.send_all(memoryview(data)[written:])
+
+    async def _send_control(self, data: bytes) -> None:
+        """Write bytes this object made (a pong, a close reply, an app's own message):
+        behind the session's frames when it has any queued or in flight; dropped when
+        its queue is already closed (the connection is going away, and a split frame on
+        the wire would be worse)."""
+        session = self._session
+        if session is not None and (session.mailbox or session.writing):
+            session.mailbox.put(Frame.wire_bytes(data))
+            return
+        try:
+            await self._write(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._closed = True
+
+    async def _write_close(self, code: int, reason: str) -> None:
+        """Send a close frame (once; behind the session's frames in flight, as
+        `_send_control`), and nothing after it."""
+        ws = self._ws
+        self.state = _CLOSED
+        if ws is None or self._closed:
+            self._closed = True
+            return
+        try:
+            data = ws.send(CloseConnection(code=code, reason=reason or None))
+        except LocalProtocolError:
+            data = b""
+        if data:
+            await self._send_control(data)
+        self._closed = True
+
+
+def native_websocket(send: Any) -> NativeWebSocket | None:
+    """The `NativeWebSocket` behind an ASGI `send`, or None when the connection is served
+    by Hypercorn's own stream (TLS, compression, HTTP/2, another server)."""
+    owner = getattr(send, "__self__", None)
+    return owner if isinstance(owner, NativeWebSocket) else None
+
+
+__all__ = ["NativeWebSocket", "native_websocket"]
