@@ -288,6 +288,49 @@ async def test_a_first_frame_pipelined_behind_an_accepted_upgrade_is_read(
     assert data.index(b"echo:one") < data.index(b"echo:two")
 
 
+@pytest.mark.parametrize("query", ["ok", "ok&subprotocol"])
+async def test_a_native_101_is_the_one_hypercorn_writes(nursery: trio.Nursery, query: str) -> None:
+    """hubd writes the 101 of a native upgrade itself: byte for byte what Hypercorn's
+    stream (through h11) writes for the same request, but for the date."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        accept = {"type": "websocket.accept"}
+        if "subprotocol" in scope["query_string"].decode():
+            accept["subprotocol"] = "hubd.v1"
+        await send(accept)
+        await receive()
+
+    heads = []
+    for native in (True, False):
+
+        def make(stream: Any, native: bool = native) -> HubdTCPServer:
+            from hypercorn.utils import wrap_app
+
+            return HubdTCPServer(
+                wrap_app(app, 0, None),
+                _config(),
+                WorkerContext(None),
+                {},
+                stream,
+                _options(native=native),
+            )
+
+        conn = await _serve(nursery, make)
+        request = upgrade(query).replace(
+            b"\r\n\r\n", b"\r\nSec-WebSocket-Protocol: hubd.v1, x\r\n\r\n"
+        )
+        await conn.client.send_all(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await conn.read_some()
+        head = data.split(b"\r\n\r\n")[0]
+        heads.append([line for line in head.split(b"\r\n") if not line.startswith(b"date: ")])
+        await conn.client.aclose()
+    assert heads[0] == heads[1]
+    assert heads[0][0] == b"HTTP/1.1 101 "
+
+
 async def test_too_much_data_before_the_upgrade_is_answered_closes_with_1008(
     nursery: trio.Nursery,
 ) -> None:

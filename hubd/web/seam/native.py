@@ -249,7 +249,22 @@ class NativeWebSocket:
             headers.append((name, value))
         self.state = _CONNECTED
         self._ws = ws = Connection(ConnectionType.SERVER)
-        await self._h11.stream_send(Response(stream_id=STREAM_ID, status_code=101, headers=headers))
+        if extra:
+            # The app's own headers: h11 validates and writes them.
+            await self._h11.stream_send(
+                Response(stream_id=STREAM_ID, status_code=101, headers=headers)
+            )
+        else:
+            # The 101 as h11 writes it (its status line, these headers in this order), but
+            # without its state machine and Hypercorn's locked, shielded send: nothing
+            # here came from the client but the subprotocol, which it offered in a header
+            # h11 has validated. h11 is not used on this connection again.
+            headers += self._config.response_headers("h11")
+            await self._write(
+                b"HTTP/1.1 101 \r\n"
+                + b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+                + b"\r\n"
+            )
         # What the client sent behind its handshake and h11 had already read: its first
         # frames, read before anything that is still in the socket.
         early = self._h11.connection.trailing_data[0]
@@ -415,16 +430,28 @@ class NativeWebSocket:
         """Write all of `data` under the send lock: at once when the socket takes it,
         the rest (or all, for a stream without a descriptor) with `send_all`."""
         lock = self._lock
+        if self._fd >= 0 and not lock.locked():
+            # The common case, without a scheduling round: nobody else is writing.
+            lock.acquire_nowait()
+            try:
+                await self._write_locked(data)
+            finally:
+                lock.release()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
         async with lock:
-            written = 0
-            if self._fd >= 0:
-                try:
-                    written = os.write(self._fd, data)
-                except BlockingIOError:
-                    written = 0
-            if written < len(data):
-                with trio.CancelScope(shield=True):  # a frame is never left half written
-                    await self._stream.send_all(memoryview(data)[written:])
+            await self._write_locked(data)
+
+    async def _write_locked(self, data: bytes) -> None:
+        written = 0
+        if self._fd >= 0:
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+        if written < len(data):
+            with trio.CancelScope(shield=True):  # a frame is never left half written
+                await self._stream.send_all(memoryview(data)[written:])
 
     async def _send_control(self, data: bytes) -> None:
         """Write bytes this object made (a pong, a close reply, an app's own message):
