@@ -247,6 +247,10 @@ async def handle_websocket(ctx: WebContext, scope: Scope, receive: Any, send: An
         if subprotocol is not None:
             accept["subprotocol"] = subprotocol
         await send(accept)
+        # Nothing reads the handshake's scope again, but every frame from the server's
+        # down to this one holds it for as long as the connection lives: its headers and
+        # query (~1.5 KB per idle connection, docs/performance.md) go now.
+        scope.clear()
         await serve_session(ctx.hub, session, transport)
     finally:
         ctx.hub.unregister(session)

@@ -181,8 +181,10 @@ class HubdTCPServer(TCPServer):
         with it."""
         upgrade = protocol.take_upgrade()
         if upgrade is not None:
-            request, handshake = upgrade
-            await NativeWebSocket(self, protocol, request, handshake).run(self.app)
+            # No local keeps the request: this frame lives as long as the connection.
+            native = NativeWebSocket(self, protocol, *upgrade)
+            del upgrade
+            await native.run(self.app)
 
     async def _refuse_head(self) -> None:
         protocol = self.protocol.protocol

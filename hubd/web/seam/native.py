@@ -39,6 +39,7 @@ from urllib.parse import unquote
 
 import h11
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.protocol.events import Body, EndBody, Response
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.ws_stream import Handshake
@@ -68,6 +69,16 @@ _PROTOCOL_CODES = frozenset({1002, 1007, 1008, 1009})
 
 # States, as Hypercorn's ASGIWebsocketState.
 _HANDSHAKE, _RESPONSE, _HTTP_CLOSED, _CONNECTED, _CLOSED = range(5)
+
+
+class _Spent:
+    """Stands for h11's connection once a native upgrade is accepted (h11 is not used on
+    the connection again; Hypercorn's protocol object only keeps the reference)."""
+
+    trailing_data = (b"", False)
+
+
+_SPENT = _Spent()
 
 
 class _Disconnect(Exception):
@@ -119,7 +130,7 @@ class NativeWebSocket:
         self._start = time()
         headers = list(request.headers)
         http_version = request.http_version.decode()
-        self._handshake = handshake
+        self._handshake: Handshake | None = handshake
         path, _, query_string = request.target.partition(b"?")
         # The scope Hypercorn's WSStream builds, for the same app.
         self.scope: dict[str, Any] = {
@@ -165,13 +176,18 @@ class NativeWebSocket:
         Hypercorn does. The connection is over then, accepted or refused: Hypercorn never
         serves another request on a connection that asked for a WebSocket."""
         try:
-            await app(
-                self.scope,
-                self.asgi_receive,
-                self.asgi_send,
-                trio.to_thread.run_sync,
-                trio.from_thread.run,
-            )
+            if isinstance(app, ASGIWrapper):
+                # What the wrapper does, one frame less for the connection to keep.
+                inner: Any = app.app
+                await inner(self.scope, self.asgi_receive, self.asgi_send)
+            else:
+                await app(
+                    self.scope,
+                    self.asgi_receive,
+                    self.asgi_send,
+                    trio.to_thread.run_sync,
+                    trio.from_thread.run,
+                )
         except trio.Cancelled:
             raise
         except Exception:
@@ -234,6 +250,7 @@ class NativeWebSocket:
 
     async def _accept(self, subprotocol: str | None, extra: list[tuple[bytes, bytes]]) -> None:
         handshake = self._handshake
+        assert handshake is not None
         headers: list[tuple[bytes, bytes]] = []
         if subprotocol is not None:
             if subprotocol not in (handshake.subprotocols or ()):
@@ -273,6 +290,11 @@ class NativeWebSocket:
         await self._config.log.access(
             self.scope, {"status": 101, "headers": []}, time() - self._start
         )
+        # Neither h11 nor the handshake is used on this connection again: what they hold
+        # (the parser's state and buffers, the request's header values) goes now rather
+        # than when the connection closes.
+        self._h11.connection = _SPENT  # type: ignore[assignment]
+        self._handshake = None
 
     async def _send_rejection(self, message: dict[str, Any]) -> None:
         response = self._response
@@ -348,10 +370,7 @@ class NativeWebSocket:
                     raise _Disconnect(event.code, event.reason or "")
                 # Pong: nothing to do.
             self._events = None
-            try:
-                data = await self._stream.receive_some(MAX_RECV)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await self._recv()
             if not data:
                 self._closed = True
                 raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
@@ -360,6 +379,38 @@ class NativeWebSocket:
             ):
                 raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
             ws.receive_data(data)
+
+    async def _recv(self) -> bytes:
+        """The next bytes from the client; b"" once it has closed or is gone."""
+        fd = self._fd
+        if fd < 0:
+            try:
+                return bytes(await self._stream.receive_some(MAX_RECV))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+        # trio's SocketStream.receive_some without its layers (a conflict detector and
+        # three wrapper frames): every idle connection is parked here for as long as it
+        # is open, and each frame of the chain is memory it holds. The checkpoints are
+        # trio's: a client that always has data ready still lets the others run.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            if self._stream.socket.fileno() != fd:
+                return b""  # closed under this reader: the number may be another's now
+            try:
+                data = os.read(fd, MAX_RECV)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except (trio.ClosedResourceError, OSError):
+                    return b""
+                waited = True
+                continue
+            except OSError:  # reset by the peer, or closed
+                return b""
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
 
     async def _protocol_error(self, code: int, reason: str) -> None:
         """Close for a client that broke the protocol, with the code and the parser's
@@ -397,7 +448,7 @@ class NativeWebSocket:
         """Write without blocking if nobody else is writing; return the bytes the kernel
         took (0: nothing written, the caller queues the frame instead)."""
         lock = self._lock
-        if self._fd < 0 or self._closed or lock.locked():
+        if self._fd < 0 or self._closed or lock.locked() or self._stream.socket.fileno() < 0:
             return 0
         lock.acquire_nowait()
         try:
@@ -445,6 +496,8 @@ class NativeWebSocket:
     async def _write_locked(self, data: bytes) -> None:
         written = 0
         if self._fd >= 0:
+            if self._stream.socket.fileno() < 0:
+                raise trio.ClosedResourceError("the connection is closed")
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
