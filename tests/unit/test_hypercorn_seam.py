@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,10 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import Handshake, WSStream
 from hypercorn.trio import task_group as hypercorn_task_group
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
+from hypercorn.trio.worker_context import WorkerContext
 
 from hubd.web.seam import accept, direct_write
-from hubd.web.seam.connection import HubdTCPServer, ServeOptions
+from hubd.web.seam.connection import HubdTCPServer, IdleConnections, ServeOptions
 from hubd.web.seam.native import NativeWebSocket, native_websocket
 from hubd.web.seam.throttle import ThrottleFilter
 
@@ -135,7 +136,9 @@ def _stock(stream: Any) -> TCPServer:
     return TCPServer(wrap_app(http_app, 0, None), _config(), WorkerContext(None), {}, stream)
 
 
-def _hubd(stream: Any, http2: bool = False, native: bool = True) -> HubdTCPServer:
+def _hubd(
+    stream: Any, http2: bool = False, native: bool = True, idle: IdleConnections | None = None
+) -> HubdTCPServer:
     from hypercorn.utils import wrap_app
 
     return HubdTCPServer(
@@ -145,6 +148,7 @@ def _hubd(stream: Any, http2: bool = False, native: bool = True) -> HubdTCPServe
         {},
         stream,
         _options(http2, native),
+        idle,
     )
 
 
@@ -445,6 +449,42 @@ async def test_keep_alive_waits_then_the_next_head_gets_the_handshake_timeout(
     assert await conn.ended() - started == pytest.approx(HANDSHAKE)
 
 
+async def test_an_idle_keep_alive_connection_closes_when_its_time_is_up(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _hubd)
+    await conn.client.send_all(GET)
+    assert (await conn.read_some()).startswith(b"HTTP/1.1 200 ")
+    answered = trio.current_time()
+    await conn.read_until_closed()
+    assert await conn.ended() - answered == pytest.approx(KEEP_ALIVE)
+
+
+async def test_shutdown_closes_idle_connections_at_once_and_answers_the_one_in_flight(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """As Hypercorn's idle timers do when its worker is terminated: connections with no
+    request in flight (before their first one, or between keep-alive requests) close
+    at once; a request in flight is still answered."""
+    idle = IdleConnections()
+    make = partial(_hubd, idle=idle)
+    before_first = await _serve(nursery, make)
+    kept_alive = await _serve(nursery, make)
+    await kept_alive.client.send_all(GET)
+    assert (await kept_alive.read_some()).startswith(b"HTTP/1.1 200 ")
+    in_flight = await _serve(nursery, make)
+    await in_flight.client.send_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # head unfinished
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(idle) == 3  # a head being read is not a request in flight yet
+    await trio.sleep(1)
+    stopped = trio.current_time()
+    idle.close_all()
+    for conn in (before_first, kept_alive, in_flight):
+        await conn.read_until_closed()
+        assert await conn.ended() == stopped
+    assert len(idle) == 0
+
+
 # -- sizes and protocols ------------------------------------------------------------------
 
 
@@ -573,17 +613,16 @@ async def test_accept_backs_off_on_emfile_and_logs_once_per_interval(
 UPSTREAM: dict[tuple[Any, str], str] = {
     (TCPServer, "run"): "fd34b021d1a86c98",
     (TCPServer, "_read_data"): "7ca747d922c65cf1",
-    (TCPServer, "_idle_timeout"): "210ce1014d98e1cb",
     (TCPServer, "_close"): "bc73c4ae25a1ceec",
     (WSStream, "_handle_events"): "b90f3f595ff9fd47",
     (WSStream, "handle"): "743209f49012b8c7",
     # connection._wrap builds the wrapper without its constructor (whose H11Protocol was
-    # built and discarded); HubdTCPServer.protocol_send handles Updated itself and reads
-    # the idle task's `_handle` to skip a stop with nothing to stop.
+    # built and discarded); HubdTCPServer.protocol_send handles Updated itself: the idle
+    # timer (keep-alive, and closing at once when the worker is terminated) becomes a
+    # deadline on the reads and IdleConnections.
     (ProtocolWrapper, "__init__"): "df25e181b9e2e64d",
     (TCPServer, "protocol_send"): "225856426bff7be0",
-    (TrioSingleTask, "stop"): "044ad384dfd2f565",
-    (TrioSingleTask, "restart"): "0170ab8e4418dc0e",
+    (TCPServer, "_idle_timeout"): "210ce1014d98e1cb",
     # native.NativeWebSocket serves a WebSocket as WSStream and the app task do (scope,
     # accept, rejection, error responses, frames, the end of the app), with the upgrade
     # test of _create_stream, and relies on _handle_events stopping when no stream was

@@ -13,6 +13,7 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -44,6 +45,31 @@ class ServeOptions:
         self.native_websockets = native_websockets
 
 
+class IdleConnections:
+    """The connections of one server with no request in flight (before their first
+    request, or between keep-alive requests): they are closed at once when the server
+    shuts down, as Hypercorn's idle timers close them. One per `seam.worker.serve`."""
+
+    __slots__ = ("_servers",)
+
+    def __init__(self) -> None:
+        self._servers: set[HubdTCPServer] = set()
+
+    def add(self, server: HubdTCPServer) -> None:
+        self._servers.add(server)
+
+    def discard(self, server: HubdTCPServer) -> None:
+        self._servers.discard(server)
+
+    def close_all(self) -> None:
+        """Shutting down: every idle connection stops reading and closes."""
+        for server in list(self._servers):
+            server.close_idle()
+
+    def __len__(self) -> int:
+        return len(self._servers)
+
+
 class HubdTCPServer(TCPServer):
     """Hypercorn's per-connection server with hubd's time and size limits."""
 
@@ -55,16 +81,26 @@ class HubdTCPServer(TCPServer):
         state: Any,
         stream: Any,
         options: ServeOptions,
+        idle: IdleConnections | None = None,
     ) -> None:
         super().__init__(app, config, context, state, stream)
         self.options = options
         self._idle = True  # no request in flight: the next bytes are a request head
         self._requests = 0
         self._head_bytes = 0  # bytes received since the current request head began
-        # When the first request's head must be in (handshake_timeout from the start).
-        self._first_head_by = inf
+        # When the current request's head must be in: handshake_timeout from the start
+        # of the connection (first request) or from its first byte (later ones).
+        self._head_by = inf
+        # Between keep-alive requests: when the connection closes if no request begins.
+        self._keep_alive_until = inf
+        self._idle_connections = idle if idle is not None else IdleConnections()
+        self._shutting_down = False
+        # The scope of a read that has a deadline (while idle), to end it on shutdown.
+        self._read_scope: trio.CancelScope | None = None
         # hubd's HTTP/1.1 protocol, when it serves this connection (not HTTP/2).
         self._h11: HubdH11Protocol | None = None
+        # The WebSocket served on this task, once there is one.
+        self._native: NativeWebSocket | None = None
 
     async def run(self) -> None:
         # Hypercorn's TCPServer.run, with hubd's protocol classes and handshake limit, and
@@ -110,7 +146,8 @@ class HubdTCPServer(TCPServer):
                 inner = self.protocol.protocol
                 self._h11 = inner if isinstance(inner, HubdH11Protocol) else None
                 await self.protocol.initiate()
-                self._first_head_by = trio.current_time() + self.options.handshake_timeout
+                self._head_by = trio.current_time() + self.options.handshake_timeout
+                self._idle_connections.add(self)
                 await self._read_data()
         except OSError:
             pass
@@ -119,22 +156,55 @@ class HubdTCPServer(TCPServer):
 
     async def protocol_send(self, event: Any) -> None:
         if isinstance(event, Updated):
+            # Hypercorn (re)starts an idle-timer task here for every request (a task, a
+            # nursery start and a cancellation each time); hubd times idle connections
+            # with a deadline on their reads instead (see _read_data).
             self._idle = event.idle
             self._head_bytes = 0
-            if not event.idle:
+            if event.idle:
+                self._keep_alive_until = trio.current_time() + self.config.keep_alive_timeout
+                self._idle_connections.add(self)
+                if self._read_scope is not None:  # the reader is waiting for the next request
+                    self._read_scope.deadline = self._read_deadline()
+            else:
                 self._requests += 1
-                # As Hypercorn's, but no idle task runs during the first request's head
-                # (see run): then there is nothing to stop, nor a lock to take for it.
-                if self.idle_task._handle is not None:
-                    await self.idle_task.stop()
-                return
+                self._idle_connections.discard(self)
+            return
         await super().protocol_send(event)
+
+    def close_idle(self) -> None:
+        """The server is shutting down: if no request is in flight, stop reading (the
+        connection then closes); one in flight is answered first, and Hypercorn does
+        not keep the connection alive after it."""
+        self._shutting_down = True
+        if self._idle and self._read_scope is not None:
+            self._read_scope.cancel()
+
+    def _serving_websocket(self) -> bool:
+        """Whether this connection is a WebSocket served by Hypercorn's stream (TLS or
+        compression): its reads have no deadline, and need no scope held open."""
+        h11 = self._h11
+        return h11 is not None and isinstance(h11.stream, WSStream)
+
+    def _read_deadline(self) -> float:
+        """When the read that is about to start must have returned (inf: no limit)."""
+        if not self._idle:
+            deadline = inf  # a request in flight: the app and its own limits decide
+        elif self._requests == 0 or self._head_bytes:
+            deadline = self._head_by  # a request head is being read
+        else:
+            deadline = self._keep_alive_until  # between keep-alive requests
+        if self.config.read_timeout is not None:
+            deadline = min(deadline, trio.current_time() + self.config.read_timeout)
+        return deadline
 
     async def _read_data(self) -> None:
         limit = self.options.max_header_bytes
         while True:
             size = MAX_RECV
             if self._idle:
+                if self._shutting_down:
+                    break
                 # A request head is being read: h11 checks its size only while it is
                 # incomplete and only between reads, so read no further than the limit
                 # and refuse a head that has not ended by then (431).
@@ -142,25 +212,30 @@ class HubdTCPServer(TCPServer):
                     await self._refuse_head()
                     break
                 size = min(MAX_RECV, limit - self._head_bytes)
-            # A deadline scope only when one applies: the first request's head (see run),
-            # or Hypercorn's read_timeout (unset by hubd). Entering a scope on every read
-            # costs time, and an idle WebSocket would keep one open (about 1 KB) for ever.
-            deadline = self._first_head_by if self._requests == 0 and self._idle else inf
-            if self.config.read_timeout is not None:
-                deadline = min(deadline, trio.current_time() + self.config.read_timeout)
+            # A scope on every read of an HTTP request's phase: a request head, the
+            # keep-alive wait (moved by protocol_send), Hypercorn's read_timeout (unset by
+            # hubd). Not on a WebSocket Hypercorn's stream serves: it would hold one open
+            # (about 1 KB) for as long as the connection lives.
+            deadline = self._read_deadline()
             try:
-                if deadline == inf:
+                if deadline == inf and self._serving_websocket():
                     data = await self.stream.receive_some(size)
                 else:
-                    with trio.fail_at(deadline):
+                    # Also without a deadline while a request is in flight: its end (from
+                    # the app's task) puts the keep-alive deadline on this read.
+                    with trio.CancelScope(deadline=deadline) as scope:
+                        self._read_scope = scope
                         data = await self.stream.receive_some(size)
-            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                    self._read_scope = None
+                    if scope.cancelled_caught:
+                        break  # the time is up, or the server is shutting down
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
                 break
             if self._idle and data:
                 if self._head_bytes == 0 and self._requests > 0:
                     # The next keep-alive request has begun: its head gets the handshake
-                    # limit, not what is left of the keep-alive timer.
-                    await self.idle_task.restart(self._task_group, self._head_timeout)
+                    # limit, not what is left of the keep-alive time.
+                    self._head_by = trio.current_time() + self.options.handshake_timeout
                 self._head_bytes += len(data)
             await self.protocol.handle(RawData(bytes(data)))
             h11 = self._h11
@@ -169,12 +244,11 @@ class HubdTCPServer(TCPServer):
                 break
             if data == b"":
                 break
+        # The peer is gone (or its half of the connection is), the time is up, or the
+        # server is shutting down: nothing more is read, and with no request in flight
+        # the connection ends now.
+        self._idle_connections.discard(self)
         await self.protocol.handle(Closed())
-        if self._idle and self.idle_task._handle is not None:
-            # The peer is gone (or its half of the connection is) with no request in
-            # flight: nothing can follow, so the connection ends now rather than when
-            # the keep-alive timer fires.
-            await self.idle_task.stop()
 
     async def _serve_native(self, protocol: HubdH11Protocol) -> None:
         """Serve the WebSocket upgrade h11 has read on this task; the connection ends
@@ -182,7 +256,7 @@ class HubdTCPServer(TCPServer):
         upgrade = protocol.take_upgrade()
         if upgrade is not None:
             # No local keeps the request: this frame lives as long as the connection.
-            native = NativeWebSocket(self, protocol, *upgrade)
+            native = self._native = NativeWebSocket(self, protocol, *upgrade)
             del upgrade
             await native.run(self.app)
 
@@ -194,6 +268,9 @@ class HubdTCPServer(TCPServer):
         await self._close()
 
     async def _close(self) -> None:
+        self._idle_connections.discard(self)
+        if self._native is not None:
+            self._native.server_closing()
         # Hypercorn half-closes without its send lock: a response being written by the
         # app's task at that moment failed with BusyResourceError (a request whose body
         # stops at a FIN while its error response goes out). Half-close only when no one
@@ -212,25 +289,6 @@ class HubdTCPServer(TCPServer):
             finally:
                 self.send_lock.release()
         await self.stream.aclose()
-
-    async def _idle_timeout(self) -> None:
-        # The first request's head must arrive within the handshake limit; between
-        # requests the connection may wait for the keep-alive timeout.
-        timeout = (
-            self.options.handshake_timeout
-            if self._requests == 0
-            else self.config.keep_alive_timeout
-        )
-        await self._close_after(timeout)
-
-    async def _head_timeout(self) -> None:
-        await self._close_after(self.options.handshake_timeout)
-
-    async def _close_after(self, seconds: float) -> None:
-        with trio.move_on_after(seconds):
-            await self.context.terminated.wait()
-        with trio.CancelScope(shield=True):
-            await self._initiate_server_close()
 
 
 def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool, native: bool) -> ProtocolWrapper:
@@ -257,4 +315,4 @@ def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool, native: bool) 
     return wrapper
 
 
-__all__ = ["HubdTCPServer", "ServeOptions"]
+__all__ = ["HubdTCPServer", "IdleConnections", "ServeOptions"]

@@ -446,17 +446,17 @@ class NativeWebSocket:
 
     def try_write(self, data: bytes) -> int:
         """Write without blocking if nobody else is writing; return the bytes the kernel
-        took (0: nothing written, the caller queues the frame instead)."""
-        lock = self._lock
-        if self._fd < 0 or self._closed or lock.locked() or self._stream.socket.fileno() < 0:
+        took (0: nothing written, the caller queues the frame instead).
+
+        Called once per delivery, so as little as can be: a write that does not wait
+        cannot be interleaved with anything, so the send lock is only looked at (is a
+        `send_all` holding it, with a frame half written?), not taken."""
+        if self._closed or self._lock.locked() or self._fd < 0:
             return 0
-        lock.acquire_nowait()
         try:
             return os.write(self._fd, data)
         except OSError:  # BlockingIOError (full buffer) or the peer is gone: the writer
             return 0  # task will find out and report it
-        finally:
-            lock.release()
 
     async def send_frames(self, frames: Sequence[Frame]) -> None:
         if self._closed:
@@ -467,8 +467,6 @@ class NativeWebSocket:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             self._closed = True
             raise TransportClosed("peer went away") from None
-        # No scheduling round here: the writer yields before its next write, if any.
-        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def close(self, code: int, reason: str) -> None:
         if self.state != _CONNECTED:
@@ -478,33 +476,44 @@ class NativeWebSocket:
     # -- writing ----------------------------------------------------------------------
 
     async def _write(self, data: bytes) -> None:
-        """Write all of `data` under the send lock: at once when the socket takes it,
-        the rest (or all, for a stream without a descriptor) with `send_all`."""
+        """Write all of `data`, whole and in order with every other write: at once when
+        the socket takes it and nobody holds the send lock, else (the rest, or all for
+        a stream without a descriptor) with `send_all` under the lock."""
         lock = self._lock
-        if self._fd >= 0 and not lock.locked():
-            # The common case, without a scheduling round: nobody else is writing.
-            lock.acquire_nowait()
-            try:
-                await self._write_locked(data)
-            finally:
-                lock.release()
-            await trio.lowlevel.checkpoint_if_cancelled()
-            return
-        async with lock:
-            await self._write_locked(data)
-
-    async def _write_locked(self, data: bytes) -> None:
-        written = 0
-        if self._fd >= 0:
-            if self._stream.socket.fileno() < 0:
+        if self._fd >= 0 and not lock.locked() and not self._closed:
+            # The common case, no lock and no scheduling round (see try_write).
+            if self._closed_under_us():
                 raise trio.ClosedResourceError("the connection is closed")
             try:
                 written = os.write(self._fd, data)
             except BlockingIOError:
                 written = 0
-        if written < len(data):
+            if written == len(data):
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return
+            # Free (looked at above, nothing has run since): taken at once, so that no
+            # cancellation can leave the frame half written.
+            lock.acquire_nowait()
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(memoryview(data)[written:])
+            finally:
+                lock.release()
+            return
+        async with lock:
+            if self._closed_under_us():
+                raise trio.ClosedResourceError("the connection is closed")
             with trio.CancelScope(shield=True):  # a frame is never left half written
-                await self._stream.send_all(memoryview(data)[written:])
+                await self._stream.send_all(data)
+
+    def server_closing(self) -> None:
+        """The server is closing the socket: nothing more is read or written (its
+        descriptor number may soon be another connection's)."""
+        self._closed = True
+
+    def _closed_under_us(self) -> bool:
+        # The server closed the socket (its descriptor number may be another's now).
+        return self._fd >= 0 and self._stream.socket.fileno() != self._fd
 
     async def _send_control(self, data: bytes) -> None:
         """Write bytes this object made (a pong, a close reply, an app's own message):

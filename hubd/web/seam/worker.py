@@ -17,7 +17,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from hubd.web.seam.accept import Counters, accept_loop, guarded
-from hubd.web.seam.connection import HubdTCPServer, ServeOptions
+from hubd.web.seam.connection import HubdTCPServer, IdleConnections, ServeOptions
 from hubd.web.seam.throttle import ThrottleFilter
 
 Listener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
@@ -81,6 +81,7 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     counters = Counters()
+    idle = IdleConnections()
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
@@ -93,6 +94,7 @@ async def serve(
                 context,
                 ConnectionState(lifespan_state.copy()),
                 options=options,
+                idle=idle,
             )
             handler = partial(guarded, make, counters)
             async with trio.open_nursery() as acceptors:
@@ -103,6 +105,7 @@ async def serve(
                 acceptors.cancel_scope.cancel()
             # Idle keep-alive connections close at once; the rest get the grace period.
             await context.terminated.set()
+            idle.close_all()
             connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
