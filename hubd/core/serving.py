@@ -9,9 +9,11 @@ writer task. They hold no state of their own: what a connection is doing lives i
   queued and ends when the mailbox is empty (an idle connection holds no writer task), or
   when the mailbox is closed and drained.
 - The reader handles client frames (ping, client-id, errors) inside a cancel scope whose
-  deadline is the heartbeat deadline (`Session.idle_deadline`), moved on every frame. It
-  ends when the client closes, sends a frame that is too large (1009), keeps sending over
-  its frame budget (1008) or the deadline passes (4408).
+  deadline is the heartbeat deadline (`Session.idle_deadline`). Every frame moves the
+  heartbeat deadline; the scope's is re-armed lazily: when it passes and a frame came since
+  it was set, the reader goes on under a new scope with the deadline the last frame gave.
+  It ends when the client closes, sends a frame that is too large (1009), keeps sending
+  over its frame budget (1008) or the heartbeat deadline passes (4408).
 - A close requested by anyone (reader, hub, shutdown) closes the mailbox and, through
   `Session.on_close`, gives the nursery CLOSE_GRACE seconds: the writer flushes what is
   queued and reports the mailbox drained; the nursery body, which waits for that, then
@@ -103,10 +105,10 @@ async def _serve(
     mailbox = session.mailbox
     scope = nursery.cancel_scope
     session.serving_starts(trio.current_time())
-    # The reader's scope: its deadline is the heartbeat deadline (moved on every client
-    # frame), and the writer cancels it once a requested close has been flushed, so that
-    # the body can go on to the close frame.
-    reading = trio.CancelScope(deadline=session.idle_deadline(hub.settings.idle_timeout))
+    # The reader's scope: its deadline is the heartbeat deadline, and the writer cancels
+    # it once a requested close has been flushed, so that the body can go on to the close
+    # frame. `reading[0]` is the current one (see the loop below).
+    reading = [trio.CancelScope(deadline=session.idle_deadline(hub.settings.idle_timeout))]
     drained = trio.Event()  # set by the writer: the mailbox is closed and empty
 
     wake, close_soon = _hooks(hub, session, transport, nursery, reading, drained)
@@ -120,9 +122,21 @@ async def _serve(
         if (mailbox or mailbox.closed) and not session.confirm_nowait():
             wake()
         task_status.started()
-        with reading:
-            await _reader(hub, session, transport, reading)
-        if session.reader_ended(reading.cancelled_caught) is Next.CANCEL:
+        while True:
+            scope = reading[0]
+            with scope:
+                await _reader(hub, session, transport, scope)
+            # The deadline is not moved on every client frame (trio's deadline heap, ~10
+            # µs a frame): when it passes, the connection is idle only if nothing came
+            # since it was set; else the reader goes on under the deadline the last frame
+            # gives, exactly as if it had been moved all along. Cancelling the reader is
+            # safe: the transports lose nothing when a receive is cancelled.
+            expired = scope.cancelled_caught and not drained.is_set()
+            deadline = session.idle_deadline(hub.settings.idle_timeout)
+            if not expired or deadline <= trio.current_time():
+                break
+            reading[0] = trio.CancelScope(deadline=deadline)
+        if session.reader_ended(expired) is Next.CANCEL:
             scope.cancel()
         else:
             # A close was requested: it closed the mailbox (which woke the writer) and
@@ -144,7 +158,7 @@ def _hooks(
     session: Session,
     transport: Transport,
     nursery: trio.Nursery,
-    reading: trio.CancelScope,
+    reading: list[trio.CancelScope],
     drained: trio.Event,
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     """The connection's `mailbox.on_ready` (start a writer) and `session.on_close` (bound
@@ -176,7 +190,7 @@ def _hooks(
             scope.cancel()  # nothing more can be written: end reader and body now
         elif after is Next.DRAINED:
             drained.set()
-            reading.cancel()  # the reader has nothing left to answer
+            reading[0].cancel()  # the reader has nothing left to answer
 
     return wake, close_soon
 
@@ -275,7 +289,11 @@ async def _reader(hub: Hub, session: Session, transport: Transport, idle: trio.C
         hub.frames_in += 1
         rate, burst = settings.max_client_frames_per_second, settings.client_frames_burst
         verdict = session.frame_received(trio.current_time(), rate, burst)
-        idle.deadline = session.idle_deadline(settings.idle_timeout)
+        # The frame moved the heartbeat deadline (`last_seen`); the scope's is moved only
+        # when it comes earlier (a reload shortened idle_timeout), see `_serve`.
+        deadline = session.idle_deadline(settings.idle_timeout)
+        if deadline < idle.deadline:
+            idle.deadline = deadline
         if verdict is not ClientFrame.HANDLE:
             hub.frame_errors += 1
             if verdict is ClientFrame.CLOSE:

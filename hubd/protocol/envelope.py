@@ -7,7 +7,9 @@ only when it is not null and `client_id` only on frames targeted at one client.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,4 +122,27 @@ def new_id() -> str:
 
 def utc_timestamp() -> str:
     """Now as RFC 3339 UTC with microseconds and a `Z` suffix."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_utc(time.time())
+
+
+# The formatted second of the last timestamp: every notice (a pong, an error reply) and
+# every event without its own timestamp carries one, and formatting a datetime is most of
+# what building a small notice costs; within one second only the microseconds change.
+_second: int | None = None
+_second_text = ""
+
+
+def format_utc(at: float) -> str:
+    """`at` (seconds since the epoch) as `utc_timestamp` writes it: what
+    `datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")` gives, microseconds
+    rounded as datetime rounds them, with the date and time formatted once per second."""
+    global _second, _second_text
+    whole = math.floor(at)
+    micros = round((at - whole) * 1e6)
+    if micros >= 1_000_000:
+        whole += 1
+        micros -= 1_000_000
+    if whole != _second:
+        _second_text = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second = whole
+    return f"{_second_text}{micros:06d}Z"

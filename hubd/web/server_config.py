@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from hypercorn.config import Config as HypercornConfig
 
 from hubd.settings import Settings
+from hubd.web.publish_route import PUBLISH_PATHS
 from hubd.web.seam.connection import ServeOptions
 
 # The listen(2) backlog of every socket hubd serves: set when hubd binds it, and again by
@@ -63,6 +64,8 @@ def serve_options(settings: Settings) -> ServeOptions:
         server.http2,
         # permessage-deflate is Hypercorn's stream's alone (hub.compression needs a restart).
         native_websockets=not settings.hub.compression,
+        # Publishing is served on the connection's task (no app task per request).
+        native_paths=PUBLISH_PATHS,
     )
 
 

@@ -1189,3 +1189,41 @@ async def test_first_frames_pipelined_with_the_handshake_are_served(
     finally:
         await stream.aclose()
     await assert_serving(server, "after a handshake with its first frames pipelined")
+
+
+async def test_a_message_over_four_times_the_limit_is_closed_with_1009_and_a_reason(
+    start_hubd: StartHubd,
+) -> None:
+    """A message over 4 x hub.max_message_bytes, sent in fragments so that no frame alone is
+    over it, is refused before it is read whole: close 1009 naming the limit, in the close
+    frame and in the `closed` log line."""
+    server = await start_hubd(server=SERVER, hub={**HUB, "max_message_bytes": 1000})
+    stream = await raw_connect(server.port)
+    try:
+        await stream.send_all(head(handshake()))
+        response_head, buffer = b"", b""
+        with trio.fail_after(WAIT):
+            while b"\r\n\r\n" not in buffer:
+                chunk = await stream.receive_some(65536)
+                assert chunk, f"closed during the handshake: {buffer!r}"
+                buffer += chunk
+        response_head, _, buffer = buffer.partition(b"\r\n\r\n")
+        assert response_head.startswith(b"HTTP/1.1 101"), response_head
+        fragments = [ws_frame(OP_TEXT, b"x" * 900, fin=False)]
+        fragments += [ws_frame(OP_CONT, b"x" * 900, fin=False) for _ in range(5)]
+        await stream.send_all(b"".join(fragments))  # 5,400 characters in all, none alone over
+        closes: list[bytes] = []
+        with trio.fail_after(WAIT):
+            while not closes:
+                frames, buffer = server_frames(buffer)
+                closes = [payload for opcode, payload in frames if opcode == OP_CLOSE]
+                if not closes:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, "closed without a close frame"
+                    buffer += chunk
+        code, reason = int.from_bytes(closes[0][:2], "big"), closes[0][2:].decode()
+        assert (code, reason) == (1009, "message too big: over 4000 bytes")
+    finally:
+        await stream.aclose()
+    await server.wait_for_line(re.compile(r"closed .*code=1009 reason=.message too big: over 4000"))
+    await assert_serving(server, "after a fragmented message over the server layer's limit")

@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import logging
 import os
+import re
 import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -29,6 +30,7 @@ import trio.testing
 from hypercorn.config import Config
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.protocol.ws_stream import Handshake, WSStream
 from hypercorn.trio import task_group as hypercorn_task_group
 from hypercorn.trio.tcp_server import TCPServer
@@ -37,6 +39,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hubd.web.seam import accept, direct_write
 from hubd.web.seam.connection import HubdTCPServer, IdleConnections, ServeOptions
 from hubd.web.seam.native import NativeWebSocket, native_websocket
+from hubd.web.seam.native_http import NativeRequest, native_request
 from hubd.web.seam.throttle import ThrottleFilter
 
 HANDSHAKE = 10.0
@@ -333,6 +336,142 @@ async def test_a_native_101_is_the_one_hypercorn_writes(nursery: trio.Nursery, q
         await conn.client.aclose()
     assert heads[0] == heads[1]
     assert heads[0][0] == b"HTTP/1.1 101 "
+
+
+async def test_a_receive_cancelled_between_fragments_loses_nothing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """hubd's reader may be cancelled while it waits (its heartbeat scope is re-armed that
+    way): the fragments of a message read so far are kept for the next receive."""
+    from hypercorn.utils import wrap_app
+
+    got: list[dict[str, Any]] = []
+    done = trio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        with trio.move_on_after(1):
+            got.append(await receive())
+        got.append(await receive())
+        done.set()
+        await receive()
+
+    def make(stream: Any) -> HubdTCPServer:
+        return HubdTCPServer(
+            wrap_app(app, 0, None), _config(), WorkerContext(None), {}, stream, _options()
+        )
+
+    conn = await _serve(nursery, make)
+    first = ws_frame(b"ab")
+    first = bytes([0x01]) + first[1:]  # text, not final
+    await conn.client.send_all(upgrade("ok") + first)
+    await trio.sleep(2)  # the first receive is cancelled meanwhile
+    rest = ws_frame(b"cd", opcode=0)  # the final continuation
+    await conn.client.send_all(rest)
+    await done.wait()
+    assert got == [{"type": "websocket.receive", "text": "abcd", "bytes": None}]
+
+
+async def _body_echo(scope: Scope, receive: Any, send: Any) -> None:
+    """Reads the whole body, answers 200 with it (and who served it); 413 without reading
+    a body declared over 10 bytes, with `Connection: close`."""
+    served_by.append(native_request(send))
+    headers = dict(scope["headers"])
+    if int(headers.get(b"content-length", b"0")) > 10:
+        start = {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"connection", b"close"), (b"content-length", b"0")],
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    headers_out = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers_out})
+    await send({"type": "http.response.body", "body": body})
+
+
+served_by: list[object] = []
+
+
+def _native_http(stream: Any) -> HubdTCPServer:
+    from hypercorn.utils import wrap_app
+
+    options = ServeOptions(HANDSHAKE, LIMIT, False, True, frozenset({"/v1/events"}))
+    return HubdTCPServer(
+        wrap_app(_body_echo, 0, None), _config(), WorkerContext(None), {}, stream, options
+    )
+
+
+def _post(body: bytes, path: str = "/v1/events") -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        path.encode(),
+        len(body),
+        body,
+    )
+
+
+async def _responses(conn: Conn, count: int) -> list[bytes]:
+    data = b""
+    with trio.fail_after(60):
+        return await _read_responses(conn, count, data)
+
+
+async def _read_responses(conn: Conn, count: int, data: bytes) -> list[bytes]:
+    while True:
+        parsed = data.split(b"HTTP/1.1 ")[1:]
+        if len(parsed) >= count and all(b"\r\n\r\n" in p for p in parsed):
+            heads_and_bodies = [p.split(b"\r\n\r\n", 1) for p in parsed]
+            lengths = [re.search(rb"content-length: (\d+)", h) for h, _ in heads_and_bodies]
+            if all(
+                m and len(b) >= int(m.group(1))
+                for m, (_, b) in zip(lengths, heads_and_bodies, strict=True)
+            ):
+                return [b"HTTP/1.1 " + p for p in parsed]
+        data += await conn.read_some()
+
+
+async def test_a_native_path_is_served_on_the_connection_and_kept_alive(
+    nursery: trio.Nursery,
+) -> None:
+    served_by.clear()
+    conn = await _serve(nursery, _native_http)
+    await conn.client.send_all(_post(b"one"))
+    (first,) = await _responses(conn, 1)
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"one")
+    await conn.client.send_all(_post(b"two") + _post(b"three") + _post(b"four", "/other"))
+    answers = await _responses(conn, 3)
+    assert [a.rsplit(b"\r\n\r\n", 1)[1] for a in answers] == [b"two", b"three", b"four"]
+    assert [isinstance(s, NativeRequest) for s in served_by] == [True, True, True, False]
+    assert conn.ended_at is None  # still kept alive
+
+
+async def test_a_native_body_that_comes_in_pieces_is_read_whole(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    conn = await _serve(nursery, _native_http)
+    request = _post(b"0123456789")
+    await conn.client.send_all(request[:-7])
+    await trio.sleep(1)
+    await conn.client.send_all(request[-7:])
+    (answer,) = await _responses(conn, 1)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"0123456789")
+
+
+async def test_a_native_answer_before_the_body_closes_the_connection(nursery: trio.Nursery) -> None:
+    conn = await _serve(nursery, _native_http)
+    await conn.client.send_all(_post(b"x" * 100)[:-50])  # over 10 bytes: refused unread
+    data = await conn.read_until_closed()
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert data.count(b"HTTP/1.1") == 1
+    await conn.ended()
 
 
 async def test_too_much_data_before_the_upgrade_is_answered_closes_with_1008(
@@ -636,6 +775,12 @@ UPSTREAM: dict[tuple[Any, str], str] = {
     (Handshake, "accept"): "e163533bf7919793",
     (Handshake, "is_valid"): "fa339f39b4dc32d5",
     (hypercorn_task_group, "_handle"): "06081a56a9930825",
+    # native_http.NativeRequest serves a request as HTTPStream does (scope, response,
+    # 500, the end) and writes its response as H11Protocol.stream_send would.
+    (HTTPStream, "handle"): "6ed2e34c5e708c6a",
+    (HTTPStream, "app_send"): "c806044b99736985",
+    (H11Protocol, "stream_send"): "56a36254a368d71a",
+    (H11Protocol, "_maybe_recycle"): "3ac53f52bc4e65de",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from hubd.protocol.envelope import (
     decode_client_frame,
     decode_envelope,
     encode,
+    format_utc,
     new_id,
     utc_timestamp,
 )
@@ -142,6 +144,31 @@ def test_utc_timestamp_is_rfc3339_utc_with_microseconds() -> None:
     assert RFC3339_UTC_MICROS.match(stamp), stamp
     parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert before - timedelta(microseconds=1) <= parsed <= after
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        0.0,
+        1_764_892_800.0,  # a midnight
+        1_764_892_799.9999996,  # rounds up into the next second (and the next day)
+        1_764_892_799.9999994,
+        1_764_892_800.0000005,
+        1_764_892_801.25,
+        1_764_892_801.500000,  # the same second again: the cached part is reused
+        4_102_444_799.999999,
+    ],
+)
+def test_format_utc_writes_what_datetime_writes(at: float) -> None:
+    expected = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert format_utc(at) == expected
+
+
+def test_format_utc_agrees_with_datetime_on_random_instants() -> None:
+    rng = random.Random(7)
+    for _ in range(20_000):
+        at = rng.uniform(1.7e9, 1.8e9)
+        assert format_utc(at) == datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # -- client frames -------------------------------------------------------------------------

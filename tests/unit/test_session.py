@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import msgspec
 import pytest
 import trio
 import trio.lowlevel
@@ -325,6 +326,26 @@ async def test_every_client_frame_moves_the_idle_deadline(
     closed = await client.expect_close()
     assert closed.code == 4408
     assert trio.current_time() - start == pytest.approx(1.6 * IDLE, abs=1e-6)
+
+
+@pytest.mark.parametrize(("reloaded", "closed_after"), [(4.0, 3 + 4.0), (20.0, 3 + 20.0)])
+async def test_a_reload_of_idle_timeout_applies_from_the_next_frame(
+    nursery: trio.Nursery, autojump_clock: MockClock, reloaded: float, closed_after: float
+) -> None:
+    """Shorter: the frame brings the connection's deadline forward at once. Longer: the
+    old deadline passes while the client has been seen since, and the connection lives on
+    until the new one."""
+    hub = make_hub(idle_timeout=IDLE)
+    client = await connect(nursery, hub, SUBSCRIBER, "pdfm")
+    start = trio.current_time()
+    settings = msgspec.structs.replace(hub.settings, idle_timeout=reloaded)
+    assert hub.reconfigure(settings, hub.limits) == []
+    await trio.sleep(3)
+    await client.send("not json")  # a heartbeat like any other frame
+    assert (await client.receive())["message"] == "error"
+    closed = await client.expect_close()
+    assert closed.code == 4408
+    assert trio.current_time() - start == pytest.approx(closed_after, abs=1e-6)
 
 
 # -- delivery ------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ The modules, by job:
 - `connection`: `HubdTCPServer`, Hypercorn's per-connection server with hubd's limits.
 - `protocol`: hubd's subclasses of Hypercorn's `H11Protocol` and `WSStream`.
 - `throttle`: rate-limited logging for recurring conditions and Hypercorn's error log.
-- `direct_write`: `HypercornTransport`, frames written straight to Hypercorn's socket.
+- `native`: `NativeWebSocket`, a WebSocket upgrade served on the connection's own task.
+- `direct_write`: `HypercornTransport`, frames written straight to Hypercorn's socket
+  (WebSockets Hypercorn's stream serves: TLS, compression).
 
 What hubd adds to Hypercorn's trio worker:
 
@@ -45,4 +47,8 @@ What hubd adds to Hypercorn's trio worker:
   not once per retry with a traceback.
 - **Direct frame writes.** Pre-built WebSocket frames go to the socket under Hypercorn's
   own send lock, without one ASGI message and one wsproto frame build per delivery.
+- **One task per WebSocket.** Over plain HTTP/1.1 with compression off, a WebSocket
+  upgrade is served on the connection's task (`native`), without Hypercorn's app task,
+  memory channel and `WSStream`; the connection's idle time (keep-alive, the first request
+  head) is a deadline on its reads, not a timer task per request.
 """

@@ -5,6 +5,7 @@ re-implemented here."""
 
 from __future__ import annotations
 
+import contextlib
 from math import inf
 from typing import Any
 
@@ -21,13 +22,20 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import parse_socket_addr
 
 from hubd.web.seam.native import NativeWebSocket
+from hubd.web.seam.native_http import BodyComplete, NativeRequest
 from hubd.web.seam.protocol import HubdH11Protocol
 
 
 class ServeOptions:
     """What hubd asks of the server beyond Hypercorn's own `Config`."""
 
-    __slots__ = ("handshake_timeout", "http2", "max_header_bytes", "native_websockets")
+    __slots__ = (
+        "handshake_timeout",
+        "http2",
+        "max_header_bytes",
+        "native_paths",
+        "native_websockets",
+    )
 
     def __init__(
         self,
@@ -35,6 +43,7 @@ class ServeOptions:
         max_header_bytes: int,
         http2: bool,
         native_websockets: bool = True,
+        native_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.handshake_timeout = handshake_timeout
         self.max_header_bytes = max_header_bytes
@@ -43,6 +52,9 @@ class ServeOptions:
         # (`native.NativeWebSocket`); off, Hypercorn's WSStream serves them (the only
         # way with permessage-deflate).
         self.native_websockets = native_websockets
+        # POST requests to these paths over plain HTTP/1.1 are served on the connection's
+        # task (`native_http.NativeRequest`) instead of an app task per request.
+        self.native_paths = native_paths
 
 
 class IdleConnections:
@@ -95,6 +107,7 @@ class HubdTCPServer(TCPServer):
         self._keep_alive_until = inf
         self._idle_connections = idle if idle is not None else IdleConnections()
         self._shutting_down = False
+        self._closing = False  # the socket is being closed: nothing more is served
         # The scope of a read that has a deadline (while idle), to end it on shutdown.
         self._read_scope: trio.CancelScope | None = None
         # hubd's HTTP/1.1 protocol, when it serves this connection (not HTTP/2).
@@ -145,6 +158,8 @@ class HubdTCPServer(TCPServer):
                 )
                 inner = self.protocol.protocol
                 self._h11 = inner if isinstance(inner, HubdH11Protocol) else None
+                if self._h11 is not None:
+                    self._h11.native_paths = self.options.native_paths
                 await self.protocol.initiate()
                 self._head_by = trio.current_time() + self.options.handshake_timeout
                 self._idle_connections.add(self)
@@ -237,10 +252,14 @@ class HubdTCPServer(TCPServer):
                     # limit, not what is left of the keep-alive time.
                     self._head_by = trio.current_time() + self.options.handshake_timeout
                 self._head_bytes += len(data)
-            await self.protocol.handle(RawData(bytes(data)))
+            # BodyComplete: a request to serve natively has all its body, served below.
+            with contextlib.suppress(BodyComplete):
+                await self.protocol.handle(RawData(bytes(data)))
             h11 = self._h11
             if h11 is not None and h11.upgrade is not None:
                 await self._serve_native(h11)
+                break
+            if h11 is not None and h11.request is not None and not await self._serve_requests(h11):
                 break
             if data == b"":
                 break
@@ -260,6 +279,23 @@ class HubdTCPServer(TCPServer):
             del upgrade
             await native.run(self.app)
 
+    async def _serve_requests(self, protocol: HubdH11Protocol) -> bool:
+        """Serve the request(s) h11 has read on this task, with any pipelined behind
+        them. True when the connection goes on (kept alive)."""
+        while (request := protocol.take_request()) is not None:
+            native = NativeRequest(self, protocol, request)
+            del request
+            await native.run(self.app)
+            del native
+            if self._closing:
+                return False
+            with contextlib.suppress(BodyComplete):
+                await protocol.resume()  # a request pipelined behind it, if complete
+            if protocol.upgrade is not None:
+                await self._serve_native(protocol)
+                return False
+        return not self._closing
+
     async def _refuse_head(self) -> None:
         protocol = self.protocol.protocol
         if isinstance(protocol, H11Protocol):
@@ -268,6 +304,7 @@ class HubdTCPServer(TCPServer):
         await self._close()
 
     async def _close(self) -> None:
+        self._closing = True
         self._idle_connections.discard(self)
         if self._native is not None:
             self._native.server_closing()

@@ -107,9 +107,11 @@ class NativeWebSocket:
         "_handshake",
         "_lock",
         "_max_message",
+        "_parts",
         "_response",
         "_server",
         "_session",
+        "_size",
         "_start",
         "_stream",
         "_ws",
@@ -155,6 +157,8 @@ class NativeWebSocket:
         self._ws: Connection | None = None
         self._events: Any = None  # the wsproto events iterator being read
         self._max_message: int = self._config.websocket_max_message_size
+        self._parts: list[Any] = []  # the fragments of the message being read
+        self._size = 0
         self._session: Session | None = None
         self._closed = False  # no more frames may be sent
 
@@ -336,8 +340,10 @@ class NativeWebSocket:
         `_Disconnect` once nothing more can be read."""
         ws = self._ws
         assert ws is not None
-        parts: list[Any] = []
-        size = 0
+        # The message's parts so far live on the object, not in this frame: a receive
+        # cancelled between two fragments (the reader's deadline is re-armed that way)
+        # loses nothing.
+        parts = self._parts
         while True:
             if self._closed:
                 raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
@@ -347,22 +353,25 @@ class NativeWebSocket:
             for event in events:
                 if isinstance(event, Message):
                     parts.append(event.data)
-                    size += len(event.data)
-                    if size > self._max_message:
+                    self._size += len(event.data)
+                    if self._size > self._max_message:
                         await self._protocol_error(
                             CloseReason.MESSAGE_TOO_BIG,
                             f"message too big: over {self._max_message} bytes",
                         )
                     if event.message_finished:
-                        if isinstance(event, TextMessage):
-                            return parts[0] if len(parts) == 1 else "".join(parts)
-                        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+                        message = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
+                        parts.clear()
+                        self._size = 0
+                        return message if isinstance(event, TextMessage) else bytes(message)
                 elif isinstance(event, Ping):
                     await self._send_control(ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     if ws.state is ConnectionState.REMOTE_CLOSING:
-                        await self._send_control(ws.send(event.response()))
-                        self._closed = True
+                        try:
+                            await self._send_control(ws.send(event.response()))
+                        finally:
+                            self._closed = True  # even if the reply's write is cancelled
                         raise _Disconnect(event.code, event.reason or "")
                     if ws.state is ConnectionState.OPEN:
                         # Made up by wsproto from a frame it could not parse.

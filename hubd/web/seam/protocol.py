@@ -8,6 +8,7 @@ place of Hypercorn's) and turns each WebSocket stream it creates into a `HubdWSS
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import trio
 from hypercorn.protocol.events import Body, Data, StreamClosed
@@ -23,6 +24,7 @@ from wsproto.events import CloseConnection, Message, Ping
 from wsproto.frame_protocol import CloseReason
 
 from hubd.web.seam.native import NativeWebSocket
+from hubd.web.seam.native_http import BodyBuffer
 
 # Bytes a client may send behind its upgrade request before hubd has answered it (its
 # first frames, pipelined); more closes the connection with 1008 once it is accepted.
@@ -128,8 +130,29 @@ class HubdH11Protocol(H11Protocol):
 
     http2: bool = False
     native: bool = False
+    # Paths whose requests are served on the connection's task (`native_http`).
+    native_paths: frozenset[str] = frozenset()
     # An upgrade request to serve natively, and its handshake: set by `_create_stream`.
     upgrade: tuple[Any, Handshake] | None = None
+    # A request to serve natively (its body in `self.stream`, a `BodyBuffer`).
+    request: Any = None
+
+    def take_request(self) -> Any:
+        """The request waiting to be served natively, if any (once)."""
+        request, self.request = self.request, None
+        return request
+
+    async def resume(self) -> None:
+        """Go on with what h11 has already read (a request pipelined behind one served
+        natively), as Hypercorn does once a stream has ended."""
+        await self._handle_events()
+
+    def _native_path(self, request: Any) -> bool:
+        # Plain HTTP/1.1 only, and not with server names (Hypercorn answers 404 for an
+        # unknown Host itself).
+        if self.ssl or self.config.server_names:
+            return False
+        return _native_path_of(request) in self.native_paths
 
     def take_upgrade(self) -> tuple[Any, Handshake] | None:
         """The upgrade request waiting to be served natively, if any (once)."""
@@ -143,6 +166,14 @@ class HubdH11Protocol(H11Protocol):
             await super()._check_protocol(event)
 
     async def _create_stream(self, request: Any) -> None:
+        if self.native_paths and request.method == b"POST" and self._native_path(request):
+            # No HTTPStream: the body's events are kept (`BodyBuffer`, which ends
+            # `_handle_events` at the request's end) and the server serves the request.
+            self.stream = BodyBuffer()  # type: ignore[assignment]
+            self.request = request
+            self.keep_alive_requests += 1
+            await self.context.mark_request()
+            return
         if self.native and _is_websocket_upgrade(request):
             handshake = NativeWebSocket.handshake_for(request, self.ssl, self.config)
             if handshake is not None:
@@ -157,6 +188,10 @@ class HubdH11Protocol(H11Protocol):
             self.stream.__class__ = HubdWSStream
             assert isinstance(self.stream, HubdWSStream)
             self.stream._adopt()
+
+
+def _native_path_of(request: Any) -> str:
+    return unquote(request.target.partition(b"?")[0].decode("ascii"))
 
 
 def _is_websocket_upgrade(request: Any) -> bool:
