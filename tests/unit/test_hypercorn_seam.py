@@ -35,6 +35,9 @@ from hypercorn.protocol.ws_stream import Handshake, WSStream
 from hypercorn.trio import task_group as hypercorn_task_group
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
+from wsproto.connection import Connection as WSConnection
+from wsproto.frame_protocol import Buffer as WSBuffer
+from wsproto.frame_protocol import FrameDecoder, FrameProtocol, MessageDecoder
 
 from hubd.web.seam import accept, direct_write
 from hubd.web.seam.connection import HubdTCPServer, IdleConnections, ServeOptions
@@ -474,6 +477,84 @@ async def test_a_native_answer_before_the_body_closes_the_connection(nursery: tr
     await conn.ended()
 
 
+def _frame(payload: bytes, opcode: int = 1, fin: bool = True, mask: bool = True) -> bytes:
+    frame = ws_frame(payload, opcode, mask=mask)
+    return frame if fin else bytes([frame[0] & 0x7F]) + frame[1:]
+
+
+# Client byte sequences (after the handshake), each sent in one write: hubd decodes simple
+# text frames itself and leaves the rest to wsproto; what the app is given, and how the
+# connection ends, must be exactly what wsproto alone (Hypercorn's stream) gives.
+CLIENT_BYTES = {
+    "simple": _frame(b"a") + _frame(b"") + _frame("é ✓".encode()) + _frame(b"x" * 125),
+    "lengths": _frame(b"y" * 126) + _frame(b"z" * 3000) + _frame(b"w"),
+    "control between": _frame(b"1") + _frame(b"p", 9) + _frame(b"2") + _frame(b"", 10),
+    "fragments": _frame(b"3") + _frame(b"fr", fin=False) + _frame(b"ag", 0) + _frame(b"4"),
+    "binary": _frame(b"5") + _frame(b"\x00\xff", 2) + _frame(b"6"),
+    "invalid utf-8": _frame(b"7") + _frame(b"\xc3\x28") + _frame(b"8"),
+    "unmasked": _frame(b"9") + _frame(b"u", mask=False) + _frame(b"10"),
+    "reserved bits": _frame(b"11") + bytes([0xC1]) + _frame(b"r")[1:] + _frame(b"12"),
+    "close": _frame(b"13") + _frame(b"\x03\xe8bye", 8) + _frame(b"14"),
+    "split": _frame(b"15") + _frame(b"sp")[:3],
+}
+# A ping and a binary frame, zero mask keys, whose payloads sent on their own look like a
+# simple text frame: sent after the frame's head alone, they are still its payload.
+_LOOKALIKE = b"\x81\x81\x00\x00\x00\x00A" + b"tail...."
+_HEAD = b"\x80" + bytes([0x80 | len(_LOOKALIKE)]) + b"\x00\x00\x00\x00"
+CLIENT_WRITES = {name: [data] for name, data in CLIENT_BYTES.items()}
+for _opcode, _name in ((0x9, "mid-ping"), (0x2, "mid-binary")):
+    _head = bytes([_HEAD[0] | _opcode]) + _HEAD[1:]
+    CLIENT_WRITES[_name] = [_frame(b"16") + _head, _LOOKALIKE + _frame(b"17")]
+
+
+@pytest.mark.parametrize("name", list(CLIENT_WRITES))
+async def test_native_frames_read_as_wsproto_reads_them(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, name: str
+) -> None:
+    from hypercorn.utils import wrap_app
+
+    outcomes = []
+    for native in (True, False):
+        seen: list[dict[str, Any]] = []
+
+        async def app(scope: Scope, receive: Any, send: Any, seen: list[Any] = seen) -> None:
+            await receive()
+            await send({"type": "websocket.accept"})
+            while True:
+                message = await receive()
+                seen.append(message)
+                if message["type"] == "websocket.disconnect":
+                    return
+
+        def make(stream: Any, app: Any = app, native: bool = native) -> HubdTCPServer:
+            return HubdTCPServer(
+                wrap_app(app, 0, None),
+                _config(),
+                WorkerContext(None),
+                {},
+                stream,
+                _options(native=native),
+            )
+
+        conn = await _serve(nursery, make)
+        await conn.client.send_all(upgrade("ok"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await conn.read_some()
+        for write in CLIENT_WRITES[name]:  # after the 101: not early data
+            await conn.client.send_all(write)
+            await trio.sleep(1)
+        with trio.move_on_after(5):
+            while chunk := await conn.client.receive_some(65536):
+                data += chunk
+        await conn.client.aclose()
+        with trio.fail_after(5):
+            await conn.ended()
+        close = close_code(data) if b"\x88" in data.split(b"\r\n\r\n", 1)[1] else None
+        outcomes.append(([m for m in seen if m["type"] == "websocket.receive"], close))
+    assert outcomes[0] == outcomes[1]
+
+
 async def test_too_much_data_before_the_upgrade_is_answered_closes_with_1008(
     nursery: trio.Nursery,
 ) -> None:
@@ -781,11 +862,27 @@ UPSTREAM: dict[tuple[Any, str], str] = {
     (HTTPStream, "app_send"): "c806044b99736985",
     (H11Protocol, "stream_send"): "56a36254a368d71a",
     (H11Protocol, "_maybe_recycle"): "3ac53f52bc4e65de",
+    # native._between_frames reads wsproto's state between frames (its event deque, the
+    # frame decoder's header and buffer, the message decoder's opcode).
+    (FrameDecoder, "__init__"): "758883edf5387045",
+    (FrameDecoder, "process_buffer"): "f19287e506f3178b",
+    (FrameProtocol, "__init__"): "037e847db237d081",
+    (MessageDecoder, "__init__"): "920021f4be5f56f3",
+    (MessageDecoder, "process_frame"): "665670eb3302d629",
+    (WSConnection, "events"): "e4d77be0bfef1af2",
+    (WSBuffer, "__len__"): "3d8433cac5e0c7e6",
 }
 
 
 def _digest(cls: Any, name: str) -> str:
     return hashlib.sha256(inspect.getsource(getattr(cls, name)).encode()).hexdigest()[:16]
+
+
+def test_wsproto_is_the_tested_version() -> None:
+    assert version("wsproto") == "1.3.2", (
+        "hubd.web.seam.native reads wsproto 1.3.2's state between frames: re-run the seam "
+        "tests, update the digests above, then the pin"
+    )
 
 
 def test_hypercorn_is_a_tested_version() -> None:

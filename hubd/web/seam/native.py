@@ -81,6 +81,20 @@ class _Spent:
 _SPENT = _Spent()
 
 
+def _between_frames(ws: Connection) -> bool:
+    """Whether wsproto holds nothing: no event, no byte of a frame, no message begun.
+    (Its private state, wsproto==1.3.2 as pinned; tests/unit/test_hypercorn_seam.py
+    fingerprints the code that keeps it.)"""
+    proto: Any = ws._proto
+    decoder = proto._frame_decoder
+    return (
+        not ws._events
+        and decoder.header is None
+        and not len(decoder.buffer)
+        and proto._message_decoder.opcode is None
+    )
+
+
 class _Disconnect(Exception):
     """The WebSocket is over for reading: the peer closed, vanished or broke the
     protocol (`code` and `reason` say which; the close frame, if any, is already sent)."""
@@ -108,6 +122,7 @@ class NativeWebSocket:
         "_lock",
         "_max_message",
         "_parts",
+        "_ready",
         "_response",
         "_server",
         "_session",
@@ -158,6 +173,7 @@ class NativeWebSocket:
         self._events: Any = None  # the wsproto events iterator being read
         self._max_message: int = self._config.websocket_max_message_size
         self._parts: list[Any] = []  # the fragments of the message being read
+        self._ready: list[str] = []  # messages decoded without wsproto, not yet read
         self._size = 0
         self._session: Session | None = None
         self._closed = False  # no more frames may be sent
@@ -347,6 +363,8 @@ class NativeWebSocket:
         while True:
             if self._closed:
                 raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
+            if self._ready:
+                return self._ready.pop(0)
             events = self._events
             if events is None:
                 events = self._events = ws.events()
@@ -387,7 +405,42 @@ class NativeWebSocket:
                 ConnectionState.LOCAL_CLOSING
             ):
                 raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
+            if not parts and _between_frames(ws):
+                data = self._take_simple_frames(data)
+                if not data:
+                    continue
             ws.receive_data(data)
+
+    def _take_simple_frames(self, data: bytes) -> bytes:
+        """Decode the complete, final, masked text frames under 126 bytes at the start of
+        `data` (a client's pings: nearly every frame it sends) into `_ready`, and return
+        the rest, from the first frame that is anything else, for wsproto. Called only
+        between frames (wsproto holds no partial frame or message), so wsproto goes on
+        from a frame boundary, and the messages it makes come after these. A frame that
+        would not decode as UTF-8 is left to wsproto, which closes with its words."""
+        at = 0
+        end = len(data)
+        ready = self._ready
+        while end - at >= 6:
+            length = data[at + 1] ^ 0x80  # the mask bit must be set: then < 128
+            if data[at] != 0x81 or length > 125 or end - at < 6 + length:
+                break
+            start = at + 6
+            if length:
+                key = data[at + 2 : start]
+                mask = (key * ((length >> 2) + 1))[:length]
+                payload = int.from_bytes(data[start : start + length], "big") ^ int.from_bytes(
+                    mask, "big"
+                )
+                try:
+                    text = payload.to_bytes(length, "big").decode()
+                except UnicodeDecodeError:
+                    break
+            else:
+                text = ""
+            ready.append(text)
+            at = start + length
+        return data[at:] if at else data
 
     async def _recv(self) -> bytes:
         """The next bytes from the client; b"" once it has closed or is gone."""
