@@ -1128,6 +1128,19 @@ async def test_close_frame_after_reading_the_401(start_hubd: StartHubd) -> None:
     await assert_serving(server, "after a close frame sent on a refused (401) upgrade")
 
 
+async def read_101(stream: trio.SocketStream) -> bytes:
+    """Read up to the end of the server's 101 and return what came after it."""
+    buffer = b""
+    with trio.fail_after(WAIT):
+        while b"\r\n\r\n" not in buffer:
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"closed during the handshake: {buffer!r}"
+            buffer += chunk
+    response_head, _, rest = buffer.partition(b"\r\n\r\n")
+    assert response_head.startswith(b"HTTP/1.1 101"), response_head
+    return rest
+
+
 # Pings in one write with the handshake, and the frame burst that lets them all through:
 # two, and more than 64 KiB of them (which Hypercorn's own stream, serving WebSockets with
 # compression on, reads while the handshake is decided, and closes with 1008; hubd's own
@@ -1149,14 +1162,7 @@ async def test_first_frames_pipelined_with_the_handshake_are_served(
     texts: list[dict[str, Any]] = []
     try:
         await stream.send_all(head(handshake()) + b"".join(text(p) for p in pings))
-        buffer = b""
-        with trio.fail_after(WAIT):
-            while b"\r\n\r\n" not in buffer:
-                chunk = await stream.receive_some(65536)
-                assert chunk, f"closed during the handshake: {buffer!r}"
-                buffer += chunk
-        response_head, _, buffer = buffer.partition(b"\r\n\r\n")
-        assert response_head.startswith(b"HTTP/1.1 101"), response_head
+        buffer = await read_101(stream)
 
         async def read_until(done: Callable[[], bool]) -> None:
             nonlocal buffer
@@ -1201,14 +1207,7 @@ async def test_a_message_over_four_times_the_limit_is_closed_with_1009_and_a_rea
     stream = await raw_connect(server.port)
     try:
         await stream.send_all(head(handshake()))
-        response_head, buffer = b"", b""
-        with trio.fail_after(WAIT):
-            while b"\r\n\r\n" not in buffer:
-                chunk = await stream.receive_some(65536)
-                assert chunk, f"closed during the handshake: {buffer!r}"
-                buffer += chunk
-        response_head, _, buffer = buffer.partition(b"\r\n\r\n")
-        assert response_head.startswith(b"HTTP/1.1 101"), response_head
+        buffer = await read_101(stream)
         fragments = [ws_frame(OP_TEXT, b"x" * 900, fin=False)]
         fragments += [ws_frame(OP_CONT, b"x" * 900, fin=False) for _ in range(5)]
         await stream.send_all(b"".join(fragments))  # 5,400 characters in all, none alone over

@@ -158,6 +158,22 @@ def _hubd(
     )
 
 
+def _serving(
+    app: App, stream: Any, *, native: bool = True, options: ServeOptions | None = None
+) -> HubdTCPServer:
+    """hubd's server for `app` over `stream` (WebSockets natively unless `native` is off)."""
+    from hypercorn.utils import wrap_app
+
+    return HubdTCPServer(
+        wrap_app(app, 0, None),
+        _config(),
+        WorkerContext(None),
+        {},
+        stream,
+        options or _options(native=native),
+    )
+
+
 def _hubd_stream(stream: Any) -> HubdTCPServer:
     """hubd's server with WebSockets served by Hypercorn's stream (as with compression)."""
     return _hubd(stream, native=False)
@@ -313,18 +329,7 @@ async def test_a_native_101_is_the_one_hypercorn_writes(nursery: trio.Nursery, q
 
     heads = []
     for native in (True, False):
-
-        def make(stream: Any, native: bool = native) -> HubdTCPServer:
-            from hypercorn.utils import wrap_app
-
-            return HubdTCPServer(
-                wrap_app(app, 0, None),
-                _config(),
-                WorkerContext(None),
-                {},
-                stream,
-                _options(native=native),
-            )
+        make = partial(_serving, app, native=native)
 
         conn = await _serve(nursery, make)
         request = upgrade(query).replace(
@@ -346,7 +351,6 @@ async def test_a_receive_cancelled_between_fragments_loses_nothing(
 ) -> None:
     """hubd's reader may be cancelled while it waits (its heartbeat scope is re-armed that
     way): the fragments of a message read so far are kept for the next receive."""
-    from hypercorn.utils import wrap_app
 
     got: list[dict[str, Any]] = []
     done = trio.Event()
@@ -360,10 +364,7 @@ async def test_a_receive_cancelled_between_fragments_loses_nothing(
         done.set()
         await receive()
 
-    def make(stream: Any) -> HubdTCPServer:
-        return HubdTCPServer(
-            wrap_app(app, 0, None), _config(), WorkerContext(None), {}, stream, _options()
-        )
+    make = partial(_serving, app)
 
     conn = await _serve(nursery, make)
     first = ws_frame(b"ab")
@@ -405,12 +406,8 @@ served_by: list[object] = []
 
 
 def _native_http(stream: Any) -> HubdTCPServer:
-    from hypercorn.utils import wrap_app
-
     options = ServeOptions(HANDSHAKE, LIMIT, False, True, frozenset({"/v1/events"}))
-    return HubdTCPServer(
-        wrap_app(_body_echo, 0, None), _config(), WorkerContext(None), {}, stream, options
-    )
+    return _serving(_body_echo, stream, options=options)
 
 
 def _post(body: bytes, path: str = "/v1/events") -> bytes:
@@ -511,7 +508,6 @@ for _opcode, _name in ((0x9, "mid-ping"), (0x2, "mid-binary")):
 async def test_native_frames_read_as_wsproto_reads_them(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, name: str
 ) -> None:
-    from hypercorn.utils import wrap_app
 
     outcomes = []
     for native in (True, False):
@@ -526,15 +522,7 @@ async def test_native_frames_read_as_wsproto_reads_them(
                 if message["type"] == "websocket.disconnect":
                     return
 
-        def make(stream: Any, app: Any = app, native: bool = native) -> HubdTCPServer:
-            return HubdTCPServer(
-                wrap_app(app, 0, None),
-                _config(),
-                WorkerContext(None),
-                {},
-                stream,
-                _options(native=native),
-            )
+        make = partial(_serving, app, native=native)
 
         conn = await _serve(nursery, make)
         await conn.client.send_all(upgrade("ok"))
@@ -918,7 +906,6 @@ async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
     (compression) Hypercorn's stream, protocol and socket owner for
     `hubd.web.seam.direct_write`. A Hypercorn change (or a change to the seam) that would
     silently fall back to the slower plain ASGI path fails here."""
-    from hypercorn.utils import wrap_app
 
     found: list[object] = []
 
@@ -930,15 +917,7 @@ async def test_a_websocket_served_by_hubd_gets_the_direct_write_path(
         await send({"type": "websocket.accept"})
         await receive()
 
-    def make(stream: Any) -> HubdTCPServer:
-        return HubdTCPServer(
-            wrap_app(app, 0, None),
-            _config(),
-            WorkerContext(None),
-            {},
-            stream,
-            _options(native=native),
-        )
+    make = partial(_serving, app, native=native)
 
     conn = await _serve(nursery, make)
     await conn.client.send_all(upgrade("ok"))

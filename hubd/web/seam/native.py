@@ -39,7 +39,6 @@ from urllib.parse import unquote
 
 import h11
 import trio
-from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.protocol.events import Body, EndBody, Response
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.ws_stream import Handshake
@@ -58,6 +57,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 from hubd.core.frame import Frame
 from hubd.core.session import Session
 from hubd.core.transport import TransportClosed
+from hubd.web.seam.inline import OnConnection, run_app, write_whole
 
 # Reads while a WebSocket is open: as Hypercorn's.
 MAX_RECV = 2**16
@@ -104,7 +104,7 @@ class _Disconnect(Exception):
         self.reason = reason
 
 
-class NativeWebSocket:
+class NativeWebSocket(OnConnection):
     """One WebSocket upgrade served on the connection's task (see the module docstring).
 
     The ASGI face (`asgi_receive`, `asgi_send`) serves any ASGI app; the `Transport` face
@@ -113,22 +113,15 @@ class NativeWebSocket:
 
     __slots__ = (
         "_closed",
-        "_config",
         "_connected_told",
         "_events",
-        "_fd",
-        "_h11",
         "_handshake",
-        "_lock",
         "_max_message",
         "_parts",
         "_ready",
         "_response",
-        "_server",
         "_session",
         "_size",
-        "_start",
-        "_stream",
         "_ws",
         "scope",
         "state",
@@ -137,14 +130,7 @@ class NativeWebSocket:
     def __init__(
         self, server: Any, h11_protocol: H11Protocol, request: h11.Request, handshake: Handshake
     ) -> None:
-        self._server = server
-        self._h11 = h11_protocol
-        self._config = server.config
-        self._stream = stream = server.stream
-        self._lock: trio.Lock = server.send_lock
-        # Frames go straight to the socket's file descriptor when the socket takes them.
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self._start = time()
+        super().__init__(server, h11_protocol)
         headers = list(request.headers)
         http_version = request.http_version.decode()
         self._handshake: Handshake | None = handshake
@@ -196,22 +182,7 @@ class NativeWebSocket:
         Hypercorn does. The connection is over then, accepted or refused: Hypercorn never
         serves another request on a connection that asked for a WebSocket."""
         try:
-            if isinstance(app, ASGIWrapper):
-                # What the wrapper does, one frame less for the connection to keep.
-                inner: Any = app.app
-                await inner(self.scope, self.asgi_receive, self.asgi_send)
-            else:
-                await app(
-                    self.scope,
-                    self.asgi_receive,
-                    self.asgi_send,
-                    trio.to_thread.run_sync,
-                    trio.from_thread.run,
-                )
-        except trio.Cancelled:
-            raise
-        except Exception:
-            await self._config.log.exception("Error in ASGI Framework")
+            await run_app(app, self.scope, self.asgi_receive, self.asgi_send, self._config)
         finally:
             # As Hypercorn's `send(None)` once the app returns: a handshake never answered
             # is a 500, a WebSocket left open is closed with 1011.
@@ -313,7 +284,7 @@ class NativeWebSocket:
         # Neither h11 nor the handshake is used on this connection again: what they hold
         # (the parser's state and buffers, the request's header values) goes now rather
         # than when the connection closes.
-        self._h11.connection = _SPENT  # type: ignore[assignment]
+        self._h11.connection = _SPENT
         self._handshake = None
 
     async def _send_rejection(self, message: dict[str, Any]) -> None:
@@ -538,44 +509,14 @@ class NativeWebSocket:
     # -- writing ----------------------------------------------------------------------
 
     async def _write(self, data: bytes) -> None:
-        """Write all of `data`, whole and in order with every other write: at once when
-        the socket takes it and nobody holds the send lock, else (the rest, or all for
-        a stream without a descriptor) with `send_all` under the lock."""
-        lock = self._lock
-        if self._fd >= 0 and not lock.locked() and not self._closed:
-            # The common case, no lock and no scheduling round (see try_write).
-            if self._closed_under_us():
-                raise trio.ClosedResourceError("the connection is closed")
-            try:
-                written = os.write(self._fd, data)
-            except BlockingIOError:
-                written = 0
-            if written == len(data):
-                await trio.lowlevel.checkpoint_if_cancelled()
-                return
-            # Free (looked at above, nothing has run since): taken at once, so that no
-            # cancellation can leave the frame half written.
-            lock.acquire_nowait()
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._stream.send_all(memoryview(data)[written:])
-            finally:
-                lock.release()
-            return
-        async with lock:
-            if self._closed_under_us():
-                raise trio.ClosedResourceError("the connection is closed")
-            with trio.CancelScope(shield=True):  # a frame is never left half written
-                await self._stream.send_all(data)
+        """Write all of `data`, whole and in order with every other write (see
+        `inline.write_whole`); not straight to the socket once closed."""
+        await write_whole(-1 if self._closed else self._fd, self._stream, self._lock, data)
 
     def server_closing(self) -> None:
         """The server is closing the socket: nothing more is read or written (its
         descriptor number may soon be another connection's)."""
         self._closed = True
-
-    def _closed_under_us(self) -> bool:
-        # The server closed the socket (its descriptor number may be another's now).
-        return self._fd >= 0 and self._stream.socket.fileno() != self._fd
 
     async def _send_control(self, data: bytes) -> None:
         """Write bytes this object made (a pong, a close reply, an app's own message):

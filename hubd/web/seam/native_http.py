@@ -25,7 +25,6 @@ of the body `receive` refuses to wait (there is nothing to wait for on this path
 from __future__ import annotations
 
 import contextlib
-import os
 from itertools import chain
 from time import time
 from typing import Any
@@ -33,11 +32,12 @@ from urllib.parse import unquote
 
 import h11
 import trio
-from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Body, EndBody, StreamClosed
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.utils import build_and_validate_headers, suppress_body
+
+from hubd.web.seam.inline import OnConnection, run_app, write_whole
 
 MAX_RECV = 2**16
 
@@ -70,21 +70,14 @@ class BodyBuffer:
             raise BodyComplete
 
 
-class NativeRequest:
+class NativeRequest(OnConnection):
     """One HTTP/1.1 request served on the connection's task (see the module docstring)."""
 
     __slots__ = (
         "_body",
-        "_config",
-        "_fd",
-        "_h11",
         "_head",
-        "_lock",
         "_parts",
         "_response",
-        "_server",
-        "_start",
-        "_stream",
         "answered",
         "scope",
     )
@@ -93,13 +86,7 @@ class NativeRequest:
     answered: bool
 
     def __init__(self, server: Any, protocol: H11Protocol, request: h11.Request) -> None:
-        self._server = server
-        self._h11 = protocol
-        self._config = server.config
-        self._stream = stream = server.stream
-        self._lock: trio.Lock = server.send_lock
-        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self._start = time()
+        super().__init__(server, protocol)
         body = protocol.stream
         assert isinstance(body, BodyBuffer)
         self._body = body
@@ -130,21 +117,7 @@ class NativeRequest:
         """Run the app until it returns, then end the exchange as Hypercorn's HTTPStream
         does (500 if it never answered; the connection is recycled or closed)."""
         try:
-            if isinstance(app, ASGIWrapper):
-                inner: Any = app.app  # what the wrapper does, one frame less
-                await inner(self.scope, self.receive, self.send)
-            else:
-                await app(
-                    self.scope,
-                    self.receive,
-                    self.send,
-                    trio.to_thread.run_sync,
-                    trio.from_thread.run,
-                )
-        except trio.Cancelled:
-            raise
-        except Exception:
-            await self._config.log.exception("Error in ASGI Framework")
+            await run_app(app, self.scope, self.receive, self.send, self._config)
         finally:
             with trio.CancelScope(shield=True):
                 if self._response is None and self._h11.connection.our_state is h11.SEND_RESPONSE:
@@ -223,21 +196,9 @@ class NativeRequest:
         await self._write(head + self._h11_bytes(h11.EndOfMessage()))
 
     async def _write(self, data: bytes) -> None:
-        """Write the whole response: at once when the socket takes it and nobody holds
-        the send lock, the rest under the lock with a shielded `send_all`."""
-        lock = self._lock
-        written = 0
+        """Write the whole response (see `inline.write_whole`)."""
         try:
-            if self._fd >= 0 and not lock.locked() and self._stream.socket.fileno() == self._fd:
-                try:
-                    written = os.write(self._fd, data)
-                except BlockingIOError:
-                    written = 0
-                if written == len(data):
-                    return
-            async with lock:
-                with trio.CancelScope(shield=True):
-                    await self._stream.send_all(memoryview(data)[written:])
+            await write_whole(self._fd, self._stream, self._lock, data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             # The client is gone: as Hypercorn's protocol_send, which then closes.
             await self._h11.handle(Closed())
