@@ -3,13 +3,13 @@
 Contract: this package is the only place in hubd that imports Hypercorn's private modules
 (`hypercorn.protocol.*`, `hypercorn.trio.tcp_server`, `hypercorn.trio.worker_context`,
 `hypercorn.trio.lifespan`, `hypercorn.trio.task_group`, `hypercorn.events`,
-`hypercorn.utils`, `hypercorn.typing`). Outside it hubd uses only Hypercorn's public
-`hypercorn.config.Config`, and this package's modules. It is written against Hypercorn
-==0.18.0 (pinned in pyproject.toml) and guarded by `tests/unit/test_hypercorn_seam.py`
-(the upstream behaviour worked around here, digests of the upstream functions
-re-implemented here, the hooks overridden) and by the end-to-end checks that a real
-connection's `connected` log line says `write=direct` (`tests/e2e/test_observability.py`,
-`tests/e2e/test_hostile_connections.py`).
+`hypercorn.app_wrappers`, `hypercorn.utils`, `hypercorn.typing`). Outside it hubd uses
+only Hypercorn's public `hypercorn.config.Config`, and this package's modules. It is
+written against Hypercorn ==0.18.0 (pinned in pyproject.toml) and guarded by
+`tests/unit/test_hypercorn_seam.py` (the upstream behaviour worked around here, digests
+of the upstream functions re-implemented here, the hooks overridden) and by the
+end-to-end checks that a real connection's `connected` log line says `write=direct`
+(`tests/e2e/test_observability.py`, `tests/e2e/test_hostile_connections.py`).
 
 The modules, by job:
 
@@ -19,6 +19,8 @@ The modules, by job:
 - `protocol`: hubd's subclasses of Hypercorn's `H11Protocol` and `WSStream`.
 - `throttle`: rate-limited logging for recurring conditions and Hypercorn's error log.
 - `native`: `NativeWebSocket`, a WebSocket upgrade served on the connection's own task.
+- `native_http`: `NativeRequest`, a publish request served on the connection's own task.
+- `inline`: what those two share (running the app on that task, whole writes).
 - `direct_write`: `HypercornTransport`, frames written straight to Hypercorn's socket
   (WebSockets Hypercorn's stream serves: TLS, compression).
 
@@ -49,6 +51,7 @@ What hubd adds to Hypercorn's trio worker:
   own send lock, without one ASGI message and one wsproto frame build per delivery.
 - **One task per WebSocket.** Over plain HTTP/1.1 with compression off, a WebSocket
   upgrade is served on the connection's task (`native`), without Hypercorn's app task,
-  memory channel and `WSStream`; the connection's idle time (keep-alive, the first request
-  head) is a deadline on its reads, not a timer task per request.
+  memory channel and `WSStream`, and so is a publish request (`native_http`); the
+  connection's idle time (keep-alive, the first request head) is a deadline on its reads,
+  not a timer task per request.
 """
