@@ -123,15 +123,15 @@ async def _serve(
             wake()
         task_status.started()
         while True:
-            scope = reading[0]
-            with scope:
-                await _reader(hub, session, transport, scope)
+            reader = reading[0]
+            with reader:
+                await _reader(hub, session, transport, reader)
             # The deadline is not moved on every client frame (trio's deadline heap, ~10
             # µs a frame): when it passes, the connection is idle only if nothing came
             # since it was set; else the reader goes on under the deadline the last frame
             # gives, exactly as if it had been moved all along. Cancelling the reader is
             # safe: the transports lose nothing when a receive is cancelled.
-            expired = scope.cancelled_caught and not drained.is_set()
+            expired = reader.cancelled_caught and not session.drained
             deadline = session.idle_deadline(hub.settings.idle_timeout)
             if not expired or deadline <= trio.current_time():
                 break

@@ -568,6 +568,25 @@ async def test_client_hang_up_unregisters_without_a_close_frame(
     assert_slot_free(hub, client)
 
 
+async def test_a_client_that_hangs_up_while_its_writer_is_stuck_is_ended_at_once(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    """The reader sees the client gone while the writer waits on a socket nobody drains:
+    the whole connection is cancelled then, not left holding its slot until the kernel
+    gives up on the socket."""
+    hub = make_hub()
+    client = await connect(nursery, hub, SUBSCRIBER, "pdfm", IP, transport=StalledTransport())
+    assert isinstance(client.transport, StalledTransport)
+    client.transport.stall()
+    hub.publish("pdfm", event("pdfm", "STUCK"))
+    await trio.testing.wait_all_tasks_blocked()
+    gone = trio.current_time()
+    await client.hang_up()
+    await client.ended()
+    assert trio.current_time() == gone
+    assert_slot_free(hub, client)
+
+
 async def test_client_gone_while_the_server_writes_unregisters(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
