@@ -204,6 +204,17 @@ class Conn:
     async def read_some(self) -> bytes:
         return bytes(await self.client.receive_some(65536))
 
+    async def read_until(self, done: Callable[[bytes], bool], within: float = 60.0) -> bytes:
+        """Read until `done(what was read)`; fails if the server closes first or it takes
+        longer than `within` (trio's time: the tests that pass it run on a mock clock)."""
+        data = b""
+        with trio.fail_after(within):
+            while not done(data):
+                chunk = await self.read_some()
+                assert chunk, f"the server closed after {data[:300]!r}"
+                data += chunk
+        return data
+
 
 async def _serve(nursery: trio.Nursery, make: Callable[[Any], Any], capture: bool = False) -> Conn:
     client, server = trio.testing.memory_stream_pair()
@@ -307,11 +318,59 @@ async def test_a_first_frame_pipelined_behind_an_accepted_upgrade_is_read(
     received.clear()
     conn = await _serve(nursery, _hubd)
     await conn.client.send_all(upgrade("ok") + ws_frame(b"one") + ws_frame(b"two"))
-    data = b""
-    while b"echo:two" not in data:
-        data += await conn.read_some()
+    data = await conn.read_until(lambda data: b"echo:two" in data)
     assert data.startswith(b"HTTP/1.1 101 ")
     assert data.index(b"echo:one") < data.index(b"echo:two")
+
+
+async def test_a_client_gone_before_its_101_is_not_an_error_of_the_app(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The 101 that finds the client gone (it reset right after its request) ends the
+    WebSocket as a disconnect, as Hypercorn's send does, not as an app failure logged with
+    a traceback (which any client could provoke at will)."""
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await trio.sleep(1)  # deciding: meanwhile the client goes
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+
+    conn = await _serve(nursery, partial(_serving, app))
+    await conn.client.send_all(upgrade("ok"))
+    await trio.testing.wait_all_tasks_blocked()
+    await conn.client.aclose()
+    with trio.fail_after(60):
+        await conn.ended()
+    assert got == [{"type": "websocket.disconnect", "code": 1006, "reason": ""}]
+    assert "Error in ASGI Framework" not in caplog.text
+
+
+async def test_thousands_of_frames_in_one_read_are_all_read_in_order(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    got: list[str] = []
+    count = 10_000
+    done = trio.Event()
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while len(got) < count:
+            got.append((await receive())["text"])
+        done.set()
+        await receive()
+
+    conn = await _serve(nursery, partial(_serving, app))
+    await conn.client.send_all(upgrade("ok"))
+    await conn.read_until(lambda data: b"\r\n\r\n" in data)
+    await conn.client.send_all(b"".join(_frame(str(i % 10).encode()) for i in range(count)))
+    with trio.fail_after(60):
+        await done.wait()
+    assert got == [str(i % 10) for i in range(count)]
 
 
 @pytest.mark.parametrize("query", ["ok", "ok&subprotocol"])
@@ -336,9 +395,7 @@ async def test_a_native_101_is_the_one_hypercorn_writes(nursery: trio.Nursery, q
             b"\r\n\r\n", b"\r\nSec-WebSocket-Protocol: hubd.v1, x\r\n\r\n"
         )
         await conn.client.send_all(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += await conn.read_some()
+        data = await conn.read_until(lambda data: b"\r\n\r\n" in data)
         head = data.split(b"\r\n\r\n")[0]
         heads.append([line for line in head.split(b"\r\n") if not line.startswith(b"date: ")])
         await conn.client.aclose()
@@ -418,24 +475,22 @@ def _post(body: bytes, path: str = "/v1/events") -> bytes:
     )
 
 
+def _answered(data: bytes, count: int) -> bool:
+    """Whether `data` holds `count` whole responses (heads and Content-Length bodies)."""
+    parsed = data.split(b"HTTP/1.1 ")[1:]
+    if len(parsed) < count or not all(b"\r\n\r\n" in p for p in parsed):
+        return False
+    for part in parsed:
+        head, body = part.split(b"\r\n\r\n", 1)
+        length = re.search(rb"content-length: (\d+)", head)
+        if length is None or len(body) < int(length.group(1)):
+            return False
+    return True
+
+
 async def _responses(conn: Conn, count: int) -> list[bytes]:
-    data = b""
-    with trio.fail_after(60):
-        return await _read_responses(conn, count, data)
-
-
-async def _read_responses(conn: Conn, count: int, data: bytes) -> list[bytes]:
-    while True:
-        parsed = data.split(b"HTTP/1.1 ")[1:]
-        if len(parsed) >= count and all(b"\r\n\r\n" in p for p in parsed):
-            heads_and_bodies = [p.split(b"\r\n\r\n", 1) for p in parsed]
-            lengths = [re.search(rb"content-length: (\d+)", h) for h, _ in heads_and_bodies]
-            if all(
-                m and len(b) >= int(m.group(1))
-                for m, (_, b) in zip(lengths, heads_and_bodies, strict=True)
-            ):
-                return [b"HTTP/1.1 " + p for p in parsed]
-        data += await conn.read_some()
+    data = await conn.read_until(lambda data: _answered(data, count))
+    return [b"HTTP/1.1 " + p for p in data.split(b"HTTP/1.1 ")[1:]]
 
 
 async def test_a_native_path_is_served_on_the_connection_and_kept_alive(
@@ -526,9 +581,7 @@ async def test_native_frames_read_as_wsproto_reads_them(
 
         conn = await _serve(nursery, make)
         await conn.client.send_all(upgrade("ok"))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += await conn.read_some()
+        data = await conn.read_until(lambda data: b"\r\n\r\n" in data)
         for write in CLIENT_WRITES[name]:  # after the 101: not early data
             await conn.client.send_all(write)
             await trio.sleep(1)
@@ -563,9 +616,7 @@ async def test_served_natively_frames_sent_with_the_handshake_wait_and_are_all_r
     received.clear()
     conn = await _serve(nursery, _hubd)
     await conn.client.send_all(upgrade("ok") + ws_frame(b"a" * 60000) + ws_frame(b"b" * 60000))
-    data = b""
-    while len(received) < 2:
-        data += await conn.read_some()
+    data = await conn.read_until(lambda _: len(received) >= 2)
     assert data.startswith(b"HTTP/1.1 101 ")
     assert [m["text"] for m in received] == ["a" * 60000, "b" * 60000]
 

@@ -159,7 +159,8 @@ class NativeWebSocket(OnConnection):
         self._events: Any = None  # the wsproto events iterator being read
         self._max_message: int = self._config.websocket_max_message_size
         self._parts: list[Any] = []  # the fragments of the message being read
-        self._ready: list[str] = []  # messages decoded without wsproto, not yet read
+        # Messages decoded without wsproto, not yet read, the next one last.
+        self._ready: list[str] = []
         self._size = 0
         self._session: Session | None = None
         self._closed = False  # no more frames may be sent
@@ -268,11 +269,13 @@ class NativeWebSocket(OnConnection):
             # here came from the client but the subprotocol, which it offered in a header
             # h11 has validated. h11 is not used on this connection again.
             headers += self._config.response_headers("h11")
-            await self._write(
-                b"HTTP/1.1 101 \r\n"
-                + b"".join([name + b": " + value + b"\r\n" for name, value in headers])
-                + b"\r\n"
-            )
+            head = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+            try:
+                await self._write(b"HTTP/1.1 101 \r\n" + head + b"\r\n")
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                # The client is gone already (as Hypercorn's send, which calls it closed,
+                # not an error of the app): the session finds out at its first write.
+                self._closed = True
         # What the client sent behind its handshake and h11 had already read: its first
         # frames, read before anything that is still in the socket.
         early = self._h11.connection.trailing_data[0]
@@ -335,7 +338,7 @@ class NativeWebSocket(OnConnection):
             if self._closed:
                 raise _Disconnect(CloseReason.ABNORMAL_CLOSURE)
             if self._ready:
-                return self._ready.pop(0)
+                return self._ready.pop()  # (kept last first: see _take_simple_frames)
             events = self._events
             if events is None:
                 events = self._events = ws.events()
@@ -411,6 +414,10 @@ class NativeWebSocket(OnConnection):
                 text = ""
             ready.append(text)
             at = start + length
+        # Kept in reverse, so that taking the next one is a pop from the end: a read of
+        # 64 KiB can hold ~10,000 empty frames, and popping from the front would move the
+        # rest each time.
+        ready.reverse()
         return data[at:] if at else data
 
     async def _recv(self) -> bytes:
