@@ -206,7 +206,7 @@ class Interrupted(Exception):
     pass
 
 
-def _on_term(signum: int, frame: FrameType | None) -> None:
+def on_term(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(f"signal {signum}")
 
 
@@ -319,20 +319,22 @@ def execute(
     """Run `run`, again (up to `tries` in all) while run.sh says other processes used a
     pinned core; the record written to runs.jsonl: the summary with a "curves" key."""
     attempts = until_undisturbed(lambda: run_once(run, opts, harness, out, log), tries, progress)
+    which = {"hub": run.hub, "size": run.size, "scenario": run.scenario, "rep": run.rep}
+    return harness_record(attempts, "curves", which)
+
+
+def harness_record(attempts: list[Attempt], key: str, which: dict[str, Any]) -> dict[str, Any]:
+    """The record runs.jsonl keeps of a run tried `attempts` times: the last summary, with
+    `which` run it was and how it went (exit status, tries, disturbed, time) under `key`."""
     last = attempts[-1]
     record: dict[str, Any] = dict(last.summary) if last.summary else {"result": "no_summary"}
-    wall = sum(a.wall_s for a in attempts)
-    waited = sum(a.quiet_wait_s for a in attempts)
-    record["curves"] = {
-        "hub": run.hub,
-        "size": run.size,
-        "scenario": run.scenario,
-        "rep": run.rep,
+    record[key] = {
+        **which,
         "rc": last.rc,
         "tries": len(attempts),
         "contaminated": contaminated(last.rc, last.summary),
-        "wall_s": round(wall, 1),
-        "quiet_wait_s": round(waited, 1),
+        "wall_s": round(sum(a.wall_s for a in attempts), 1),
+        "quiet_wait_s": round(sum(a.quiet_wait_s for a in attempts), 1),
     }
     return record
 
@@ -596,13 +598,21 @@ def table(records: Sequence[dict[str, Any]]) -> str:
         "the peer's, measured in the same run: lower is better for KB, ms and seconds, higher "
         "for deliveries/s."
     ]
-    if "†" in marks:
-        notes.append("† other processes used a pinned core during a run (run.sh exit 3).")
-    if "‼" in marks:
-        notes.append("‼ a run did not complete (load generator timeout, or no summary).")
-    if "‡" in marks:
-        notes.append("‡ the load generator's core was saturated: the hub may be faster.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(notes + footnotes(marks)) + "\n"
+
+
+# What the marks in a table's cells say, in the order the notes list them.
+MARKS = {
+    "†": "other processes used a pinned core during a run (run.sh exit 3).",
+    "‼": "a run did not complete (load generator timeout, or no summary).",
+    "‡": "the load generator's core was saturated in a run: the hub may be faster.",
+}
+
+
+def footnotes(marks: Iterable[str]) -> list[str]:
+    """The notes for the marks a table used."""
+    used = set(marks)
+    return [f"{mark} {text}" for mark, text in MARKS.items() if mark in used]
 
 
 def cell_text(cell: Cell | None, m: Metric) -> str:
@@ -953,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{out / 'harness.log'}"
     )
 
-    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGTERM, on_term)
     records: list[dict[str, Any]] = []
     t0 = time.monotonic()
     spent = predicted = 0.0

@@ -46,14 +46,15 @@ from bench.curves import (
     NONE,
     TIMES,
     Interrupted,
-    _on_term,
     clock,
     combine,
     commit,
-    contaminated,
     dig,
     fmt,
+    footnotes,
+    harness_record,
     number,
+    on_term,
     parse_list,
     run_harness,
     until_undisturbed,
@@ -287,6 +288,7 @@ def table(records: Sequence[dict[str, Any]]) -> str:
     """The markdown table (a row per scenario and hub, then the ratio rows), the targets
     and their verdicts, and footnotes for the marks used."""
     summary = summarize(records)
+    by_pair = ratios(summary)
     head = ["scenario", "hub", "runs ok", *(h for _, h, _ in FIGURES), "lost (worst run)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     marks = ""
@@ -302,14 +304,10 @@ def table(records: Sequence[dict[str, Any]]) -> str:
                 lost_text(f),
             ]
             lines.append("| " + " | ".join(row) + " |")
-        for peer in PEERS:
-            if peer not in hubs or "hubd" not in hubs:
-                continue
+        for pair, by_figure in by_pair.get(scenario, {}).items():
+            peer = pair.partition("/")[2]
             cells = [
-                ratio_text(ratio(figure(hubs["hubd"], key), figure(hubs[peer], key)))
-                if key in RATIO_FIGURES
-                else ""
-                for key, _, _ in FIGURES
+                ratio_text(by_figure[key]) if key in RATIO_FIGURES else "" for key, _, _ in FIGURES
             ]
             lines.append(
                 "| " + " | ".join([scenario, f"hubd / {SHORT[peer]}", "", *cells, ""]) + " |"
@@ -328,13 +326,7 @@ def table(records: Sequence[dict[str, Any]]) -> str:
         "measured in the same run (lower is better). A ratio target is met when the ratio, "
         "to two decimals, is at most the limit."
     ]
-    if "\u2020" in marks:
-        notes.append("\u2020 other processes used a pinned core during a run (run.sh exit 3).")
-    if "\u2021" in marks:
-        notes.append("\u2021 the load generator's core was saturated in a run.")
-    if "\u203c" in marks:
-        notes.append("\u203c a run did not complete (load generator timeout, or no summary).")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(notes + footnotes(marks)) + "\n"
 
 
 def medians_json(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
@@ -386,19 +378,8 @@ def execute(run: Run, harness: Path, out: Path, tries: int, log: Any) -> dict[st
         tries,
         progress,
     )
-    last = attempts[-1]
-    record: dict[str, Any] = dict(last.summary) if last.summary else {"result": "no_summary"}
-    record["peers"] = {
-        "hub": run.hub,
-        "scenario": run.scenario,
-        "rep": run.rep,
-        "rc": last.rc,
-        "tries": len(attempts),
-        "contaminated": contaminated(last.rc, last.summary),
-        "wall_s": round(sum(a.wall_s for a in attempts), 1),
-        "quiet_wait_s": round(sum(a.quiet_wait_s for a in attempts), 1),
-    }
-    return record
+    which = {"hub": run.hub, "scenario": run.scenario, "rep": run.rep}
+    return harness_record(attempts, "peers", which)
 
 
 def digest(record: dict[str, Any]) -> str:
@@ -476,7 +457,7 @@ def main(argv: list[str] | None = None, *, missing_ok: bool = False) -> int:
     )
     print(f"peers: results in {out} (commit {meta['commit']})", flush=True)
 
-    previous = signal.signal(signal.SIGTERM, _on_term)
+    previous = signal.signal(signal.SIGTERM, on_term)
     records: list[dict[str, Any]] = []
     t0 = time.monotonic()
     interrupted = False

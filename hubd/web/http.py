@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from hubd import __version__
 from hubd.core.errors import HubError
 from hubd.core.session import Session
+from hubd.protocol.envelope import format_utc
 from hubd.protocol.quoting import quoted
 from hubd.tasks import count_tasks
 from hubd.web.console import PREFIX as CONSOLE
@@ -62,11 +63,6 @@ def route_of(path: str) -> str:
     return CONSOLE if is_console(path) else "other"
 
 
-def _utc(wall: float) -> str:
-    t = time.gmtime(wall)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(wall % 1 * 1_000_000):06d}Z"
-
-
 def client_view(session: Session, now: float, wall: float) -> dict[str, object]:
     """One connection as `GET /v1/ws/clients` shows it (`now`: trio time, `wall`: epoch)."""
     stats = session.mailbox.statistics()
@@ -75,7 +71,7 @@ def client_view(session: Session, now: float, wall: float) -> dict[str, object]:
         "principal": session.principal.name,
         "ip": session.ip,
         "connected_at": session.connected_at,
-        "last_seen": _utc(wall - (now - session.last_seen)),
+        "last_seen": format_utc(wall - (now - session.last_seen)),
         "subscriptions": list(session.subscriptions),
         "batch": session.batch,
         "queue_depth": stats.depth,

@@ -153,13 +153,9 @@ class HubdTCPServer(TCPServer):
                     server,
                     self.protocol_send,
                 )
-                self.protocol = _wrap(
-                    args, alpn_protocol, self.options.http2, self.options.native_websockets
-                )
+                self.protocol = _wrap(args, alpn_protocol, self.options)
                 inner = self.protocol.protocol
                 self._h11 = inner if isinstance(inner, HubdH11Protocol) else None
-                if self._h11 is not None:
-                    self._h11.native_paths = self.options.native_paths
                 await self.protocol.initiate()
                 self._head_by = trio.current_time() + self.options.handshake_timeout
                 self._idle_connections.add(self)
@@ -328,7 +324,7 @@ class HubdTCPServer(TCPServer):
         await self.stream.aclose()
 
 
-def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool, native: bool) -> ProtocolWrapper:
+def _wrap(args: tuple[Any, ...], alpn_protocol: str, options: ServeOptions) -> ProtocolWrapper:
     """Hypercorn's ProtocolWrapper around hubd's HTTP/1.1 protocol (or Hypercorn's HTTP/2
     one for "h2"), built without the H11Protocol its constructor would make and discard."""
     if alpn_protocol == "h2":
@@ -346,8 +342,9 @@ def _wrap(args: tuple[Any, ...], alpn_protocol: str, http2: bool, native: bool) 
         wrapper.send,
     ) = args
     h11 = HubdH11Protocol(*args)
-    h11.http2 = http2
-    h11.native = native
+    h11.http2 = options.http2
+    h11.native = options.native_websockets
+    h11.native_paths = options.native_paths
     wrapper.protocol = h11
     return wrapper
 
